@@ -1,0 +1,49 @@
+"""Write one benchmark's section of BENCHMARKS.md, leaving the other sections as they are."""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every section is written by a script under `bench/`; the command that produced it is given.\n"
+    "Timings are noisy on shared machines: compare the ratios measured within one run.\n"
+)
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
+
+
+def write_section(key: str, title: str, body: str) -> None:
+    """Replace (or append) the section marked `key`, stamped with the command and machine."""
+    command = "python " + " ".join(sys.argv)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = (
+        f"<!-- bench:{key} -->\n## {title}\n\n"
+        f"Command: `{command}`  \nRun: {stamp} on {machine()}\n\n{body.strip()}\n"
+        f"<!-- /bench:{key} -->\n"
+    )
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    BENCHMARKS.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

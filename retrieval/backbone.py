@@ -1,0 +1,232 @@
+"""Backbone loading and preprocessing: one open_clip model plus the transform an index uses.
+
+A model spec is one string:
+  "ViT-B-32/laion2b_s34b_b79k"  open_clip architecture / pretrained tag (downloads weights)
+  "ViT-B-32"                     architecture with random weights (timing, tests)
+  "hf-hub:org/repo"              open_clip model published on the Hugging Face Hub
+  "/path/to/dir" or "local-dir:/path"  a folder with open_clip_config.json + *.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from retrieval.config import get_settings
+from retrieval.errors import BadInput
+from retrieval.images import ImageSource, open_image
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+PREPROCESSING = ("standard", "targetpad", "squarepad")
+TARGET_PAD_RATIO = 1.25
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    device = device or get_settings().device
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PadToRatio:
+    """Pad the short side with black until long/short <= ratio ("TargetPad"; ratio 1 = SquarePad).
+
+    Keeps elongated images (dresses, scrolls) from losing their ends to the centre crop.
+    """
+
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        long_side, short_side = max(width, height), min(width, height)
+        if short_side == 0 or long_side / short_side <= self.ratio:
+            return image
+        target_short = int(round(long_side / self.ratio))
+        new_size = (width, target_short) if width >= height else (target_short, height)
+        canvas = Image.new("RGB", new_size, (0, 0, 0))
+        canvas.paste(image, ((new_size[0] - width) // 2, (new_size[1] - height) // 2))
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"PadToRatio({self.ratio})"
+
+
+def build_transform(base_transform, preprocessing: str):
+    """The backbone's own transform, optionally preceded by TargetPad or SquarePad."""
+    if preprocessing not in PREPROCESSING:
+        raise BadInput(f"unknown preprocessing {preprocessing!r}; choose one of {PREPROCESSING}")
+    if preprocessing == "standard":
+        return base_transform
+    ratio = TARGET_PAD_RATIO if preprocessing == "targetpad" else 1.0
+    pad = PadToRatio(ratio)
+    return lambda image: base_transform(pad(image))
+
+
+def _local_dir(spec: str) -> Path | None:
+    path = Path(spec.removeprefix("local-dir:")).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if spec.startswith("local-dir:") or path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise BadInput(f"model folder {path} has no {CONFIG_FILE}")
+        return path
+    return None
+
+
+def _create(spec: str, device: torch.device):
+    local = _local_dir(spec)
+    if local is not None:
+        name, pretrained = f"local-dir:{local}", None
+    elif spec.startswith("hf-hub:"):
+        name, pretrained = spec, None
+    else:
+        name, _, pretrained = spec.partition("/")
+        pretrained = pretrained or None
+        if name not in open_clip.list_models():
+            raise BadInput(
+                f"unknown model {spec!r}: not an open_clip architecture, folder or hf-hub id"
+            )
+    model, _, transform = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, device=device, weights_only=True
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    return model.eval(), transform, tokenizer
+
+
+@dataclass
+class Backbone:
+    """A CLIP model ready to embed images and texts into one normalised space."""
+
+    spec: str
+    model: torch.nn.Module
+    base_transform: object
+    tokenizer: object
+    device: torch.device
+    preprocessing: str = "standard"
+
+    def __post_init__(self):
+        self.transform = build_transform(self.base_transform, self.preprocessing)
+        self.lock = threading.Lock()  # open_clip models are not re-entrant under hooks
+
+    @property
+    def dim(self) -> int:
+        return (
+            int(self.model.text_projection.shape[1])
+            if self._has_text_projection()
+            else int(self.model.visual.output_dim)
+        )
+
+    def _has_text_projection(self) -> bool:
+        projection = getattr(self.model, "text_projection", None)
+        return isinstance(projection, torch.Tensor) and projection.ndim == 2
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model, "context_length", 77))
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    def with_preprocessing(self, preprocessing: str) -> Backbone:
+        return Backbone(
+            self.spec, self.model, self.base_transform, self.tokenizer, self.device, preprocessing
+        )
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
+
+    @torch.inference_mode()
+    def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        cleaned = [text.strip() if isinstance(text, str) else "" for text in texts]
+        if any(not text for text in cleaned):
+            raise BadInput("the text query is empty")
+        return self.tokenizer(cleaned)
+
+    def is_truncated(self, text: str) -> bool:
+        """True when the text is longer than the model's context and will be cut."""
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return False
+        return len(encode(text)) + 2 > self.context_length
+
+    @torch.inference_mode()
+    def encode_token_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            features = self.model.encode_text(tokens.to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.encode_token_ids(self.tokenize(texts)).cpu().numpy()
+
+    def preprocess(self, source: ImageSource) -> torch.Tensor:
+        return self.transform(open_image(source))
+
+    def encode_images(self, sources: list[ImageSource]) -> np.ndarray:
+        pixels = torch.stack([self.preprocess(source) for source in sources])
+        return self.encode_image_tensors(pixels).cpu().numpy()
+
+
+@lru_cache(maxsize=8)
+def _load_cached(spec: str, device: str):
+    return _create(spec, torch.device(device))
+
+
+def load_backbone(
+    spec: str, preprocessing: str = "standard", device: str | None = None
+) -> Backbone:
+    """Build once per (spec, device) and share: models are read-only at inference."""
+    resolved = str(pick_device(device))
+    local = _local_dir(spec)
+    key = str(local.resolve()) if local is not None else spec
+    model, transform, tokenizer = _load_cached(key, resolved)
+    return Backbone(spec, model, transform, tokenizer, torch.device(resolved), preprocessing)
+
+
+def new_model(arch: str, device: str | None = None):
+    """A randomly initialised open_clip model of a registered architecture (training from scratch)."""
+    model, _, transform = open_clip.create_model_and_transforms(arch, device=pick_device(device))
+    return model, transform, open_clip.get_tokenizer(arch)
+
+
+def save_backbone(model: torch.nn.Module, arch_or_cfg: str | dict, directory: str | Path) -> Path:
+    """Write the open_clip local-dir layout (config + safetensors) that `load_backbone` reads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_cfg = (
+        open_clip.get_model_config(arch_or_cfg) if isinstance(arch_or_cfg, str) else arch_or_cfg
+    )
+    if model_cfg is None:
+        raise BadInput(f"no open_clip config for {arch_or_cfg!r}")
+    visual = model.visual
+    preprocess_cfg = {
+        "size": model_cfg["vision_cfg"]["image_size"],
+        "mean": list(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
+        "std": list(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
+    }
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    _load_cached.cache_clear()
+    return directory

@@ -1,0 +1,328 @@
+"""`python -m retrieval <command>`: the command line over the library.
+
+Each feature adds one `_add_<name>(subparsers)` function and one line in `build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from retrieval.errors import RetrievalError
+
+
+def _backbone(args, preprocessing: str | None = None):
+    from retrieval.backbone import load_backbone
+
+    return load_backbone(
+        args.model,
+        preprocessing=preprocessing or getattr(args, "preprocessing", "standard"),
+        device=getattr(args, "device", None),
+    )
+
+
+def _index_backbone(index_dir: str, device: str | None = None):
+    """The backbone an index was built with, as its manifest records it."""
+    from retrieval.backbone import load_backbone
+    from retrieval.index import Index
+
+    index = Index.load(index_dir)
+    return index, load_backbone(
+        index.model_spec(), preprocessing=index.manifest["preprocessing"], device=device
+    )
+
+
+def _cmd_index(args):
+    from retrieval.index import build_index
+
+    report = build_index(
+        args.folder,
+        args.out,
+        _backbone(args),
+        index_type=args.index_type,
+        metadata=args.metadata,
+        index_params=json.loads(args.index_params),
+    )
+    print(report.summary())
+
+
+def _cmd_update(args):
+    from retrieval.index import update_index
+
+    index, backbone = _index_backbone(args.index, args.device)
+    if args.model:
+        backbone = _backbone(args, index.manifest["preprocessing"])
+    report = update_index(args.index, backbone, folder=args.folder, metadata=args.metadata)
+    print(report.summary())
+
+
+def _cmd_search(args):
+    from retrieval.hub import fetch
+    from retrieval.search import Filters, Searcher
+
+    index_dir = fetch(args.index)
+    index, backbone = _index_backbone(str(index_dir), args.device)
+    if args.model:
+        backbone = _backbone(args, index.manifest["preprocessing"])
+    searcher = Searcher(index, backbone)
+    filters = Filters(
+        artist=args.artist,
+        date_from=args.date_from,
+        date_to=args.date_to,
+        keyword=args.keyword,
+        tags=args.tag or None,
+    )
+    options = dict(k=args.k, offset=args.offset, min_score=args.min_score, filters=filters)
+    if args.image:
+        result = searcher.image(Path(args.image), **options)
+    elif args.similar:
+        result = searcher.similar(args.similar, **options)
+    else:
+        result = searcher.text(args.query, **options)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "query": result.query,
+                    "notes": result.notes,
+                    "hits": [
+                        {"id": h.id, "score": h.score, "rank": h.rank, "item": h.item}
+                        for h in result.hits
+                    ],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    for note in result.notes:
+        print(f"note: {note}")
+    for hit in result.hits:
+        print(f"{hit.rank:4d}  {hit.score:.4f}  {hit.id}  {hit.item.get('title', '')}")
+
+
+def _cmd_info(args):
+    from retrieval.hub import fetch
+    from retrieval.index import Index
+
+    index = Index.load(fetch(args.index))
+    print(json.dumps({**index.manifest, "items": len(index)}, indent=2))
+
+
+def _cmd_push(args):
+    from retrieval.hub import push_index
+
+    print(push_index(args.index, args.repo, private=args.private))
+
+
+def _cmd_pull(args):
+    from retrieval.hub import fetch
+    from retrieval.index import Index
+
+    location = args.repo if args.repo.startswith("hf-hub:") else f"hf-hub:{args.repo}"
+    path = fetch(location, cache_dir=args.cache_dir)
+    index = Index.load(path)
+    print(f"{len(index)} items, model {index.manifest['model_spec']}, at {path}")
+
+
+def _add_index(sub):
+    parser = sub.add_parser(
+        "index",
+        help="embed a folder of images into a new index",
+        description="Embed every image below FOLDER (jpg/png/webp/tif, recursive) into an index "
+        "directory. Unreadable files are reported and skipped.",
+    )
+    parser.add_argument("folder", help="folder of images (searched recursively)")
+    parser.add_argument("--out", required=True, help="index directory to create or replace")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model spec: ARCH/PRETRAINED (e.g. ViT-B-32/laion2b_s34b_b79k), hf-hub:org/repo, "
+        "or a folder with open_clip_config.json + *.safetensors",
+    )
+    parser.add_argument(
+        "--metadata",
+        help="CSV or JSONL with id,file,title,artist,date,description,url,license "
+        "(default: metadata.csv/.jsonl inside FOLDER if present)",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        default="standard",
+        choices=["standard", "targetpad", "squarepad"],
+        help="standard transform, or pad elongated images to ratio 1.25 (targetpad) / square first",
+    )
+    parser.add_argument(
+        "--index-type",
+        default="flat",
+        choices=["flat", "hnsw", "ivfpq"],
+        help="flat = exact inner product (default); hnsw / ivfpq = approximate, for large collections",
+    )
+    parser.add_argument(
+        "--index-params",
+        default="{}",
+        help='JSON of FAISS parameters, e.g. \'{"m": 32, "ef_search": 64}\' or \'{"nlist": 1024, "nprobe": 16}\'',
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    parser.set_defaults(func=_cmd_index)
+
+
+def _add_update(sub):
+    parser = sub.add_parser(
+        "update", help="re-index: embed only new or changed files, drop deleted ones"
+    )
+    parser.add_argument("index", help="index directory")
+    parser.add_argument("--folder", help="image folder (default: the one the index was built from)")
+    parser.add_argument(
+        "--metadata", help="metadata CSV/JSONL (default: the one used at build time)"
+    )
+    parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
+    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    parser.set_defaults(func=_cmd_update)
+
+
+def _add_search(sub):
+    parser = sub.add_parser("search", help="search an index by text, image file or item id")
+    parser.add_argument("query", nargs="?", help="natural-language query")
+    parser.add_argument("--index", required=True, help="index directory or hf-hub:org/repo")
+    parser.add_argument("--image", help="search with this image file instead of text")
+    parser.add_argument(
+        "--similar", metavar="ITEM_ID", help="items similar to this item (itself excluded)"
+    )
+    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
+    parser.add_argument("--min-score", type=float, help="drop results below this cosine similarity")
+    parser.add_argument("--artist", help="only items whose artist equals this (case-insensitive)")
+    parser.add_argument("--date-from", type=int, help="only items dated in or after this year")
+    parser.add_argument("--date-to", type=int, help="only items dated in or before this year")
+    parser.add_argument(
+        "--keyword", help="only items whose title or description contains these words"
+    )
+    parser.add_argument("--tag", action="append", help="only items carrying this tag (repeatable)")
+    parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
+    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=_cmd_search)
+
+
+def _add_info(sub):
+    parser = sub.add_parser("info", help="print an index's manifest (model, dimension, counts)")
+    parser.add_argument("index", help="index directory or hf-hub:org/repo")
+    parser.set_defaults(func=_cmd_info)
+
+
+def _add_push(sub):
+    parser = sub.add_parser(
+        "push", help="publish an index directory to a Hugging Face dataset repo"
+    )
+    parser.add_argument("index", help="index directory")
+    parser.add_argument(
+        "repo", help="org/name of the dataset repo (created if missing); token from HF_TOKEN"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.set_defaults(func=_cmd_push)
+
+
+def _add_pull(sub):
+    parser = sub.add_parser(
+        "pull", help="download an index from a Hugging Face dataset repo into the cache"
+    )
+    parser.add_argument("repo", help="org/name[@revision] or hf-hub:org/name")
+    parser.add_argument("--cache-dir", help="huggingface_hub cache directory (default: HF_HOME)")
+    parser.set_defaults(func=_cmd_pull)
+
+
+def _add_train_phi(sub):
+    from retrieval.inversion import add_train_phi_arguments, run_train_phi
+
+    parser = sub.add_parser(
+        "train-phi",
+        help="train textual inversion (phi) on unlabeled images for zero-shot composed search",
+        description="Train phi, which turns an image into a pseudo-word for the prompt "
+        "'a photo of $ that {caption}', on unlabeled images (a folder, or an index's stored vectors).",
+    )
+    add_train_phi_arguments(parser)
+    parser.set_defaults(func=run_train_phi)
+
+
+def _cmd_tag(args):
+    from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
+
+    index, backbone = _index_backbone(args.index, args.device)
+    if args.model:
+        backbone = _backbone(args, index.manifest["preprocessing"])
+    vocabulary = load_vocabulary(args.vocabulary)
+    tagged = tag_index(index, backbone, vocabulary, args.mode, args.top_k, args.threshold)
+    if args.out:
+        print(f"{len(tagged)} items tagged -> {write_tags(tagged, args.out)}")
+    elif not args.store:
+        print(to_csv(tagged), end="")
+    if args.store:
+        store_tags(index, tagged, replace=args.store == "replace")
+        print(f"tags stored in {args.index} (items' 'tags' field; filter with search --tag)")
+
+
+def _add_tag(sub):
+    parser = sub.add_parser(
+        "tag",
+        help="zero-shot tag every item of an index against a vocabulary",
+        description="Score each item's stored embedding against a vocabulary's terms (prompt "
+        "ensembling, softmax within each group) and write one row per item.",
+    )
+    parser.add_argument("--index", required=True, help="index directory")
+    parser.add_argument(
+        "--vocabulary",
+        required=True,
+        help="shipped vocabulary name (heritage, shapes) or a .json/.txt file (one term per line)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="single",
+        choices=["single", "multi"],
+        help="single = best TOP_K terms of each group; multi = every term above its threshold",
+    )
+    parser.add_argument("--top-k", type=int, default=1, help="single mode: terms per group (default 1)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="multi mode: minimum probability within the group (default: the vocabulary's)",
+    )
+    parser.add_argument("--out", help="write tags to this .csv or .jsonl file (default: CSV on stdout)")
+    parser.add_argument(
+        "--store",
+        choices=["merge", "replace"],
+        help="also save tags in the index metadata (merge with or replace existing tags)",
+    )
+    parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
+    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    parser.set_defaults(func=_cmd_tag)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_index(sub)
+    _add_update(sub)
+    _add_search(sub)
+    _add_info(sub)
+    _add_push(sub)
+    _add_pull(sub)
+    _add_train_phi(sub)
+    _add_tag(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "search" and not (args.query or args.image or args.similar):
+        print("error: give a text query, --image FILE or --similar ITEM_ID", file=sys.stderr)
+        return 2
+    try:
+        args.func(args)
+    except RetrievalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

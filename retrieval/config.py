@@ -1,0 +1,58 @@
+"""All settings in one place. Every field can be set by an environment variable `SR_<FIELD>`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES_MODEL_DIR = ROOT / "models" / "shapes-clip-tiny"
+SHAPES_INDEX_DIR = ROOT / "data" / "shapes" / "index"
+
+
+def _env_value(name: str, default):
+    raw = os.environ.get(f"SR_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime limits and locations; see the README table of `SR_*` variables."""
+
+    collections_file: str = str(ROOT / "collections.json")
+    cache_dir: str = str(ROOT / "cache")
+    device: str = ""  # "" picks CUDA when present, else CPU
+    batch_size: int = 64
+    num_workers: int = 2
+    max_upload_mb: int = 200
+    max_image_mb: int = 20
+    max_image_pixels: int = 40_000_000
+    max_zip_images: int = 5_000
+    max_zip_ratio: int = 100  # uncompressed / compressed size, a zip bomb guard
+    max_k: int = 200
+    thumb_size: int = 256
+    api_key: str = ""
+    cors_origins: tuple = ()
+    host: str = "127.0.0.1"
+    port: int = 7860
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        values = {f.name: _env_value(f.name, f.default) for f in fields(cls) if f.name != "extra"}
+        return cls(**values)
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

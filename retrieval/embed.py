@@ -1,0 +1,96 @@
+"""Inference stage of the pipeline: image files -> normalised embeddings (+ thumbnails).
+
+Decoding and preprocessing run in DataLoader workers so they overlap with the model forward.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from retrieval.backbone import Backbone
+from retrieval.config import get_settings
+from retrieval.errors import BadInput
+from retrieval.images import open_image, thumbnail
+
+
+@dataclass
+class EmbeddedBatchResult:
+    vectors: np.ndarray  # (n_ok, d) in the order of `ok`
+    ok: list[int]  # positions (in the input list) that were embedded
+    thumbs: dict[int, bytes]  # position -> JPEG bytes
+    failed: list[tuple[int, str]]  # position -> reason
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths, transform, thumb_size: int):
+        self.paths, self.transform, self.thumb_size = paths, transform, thumb_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int):
+        try:
+            image = open_image(self.paths[position])
+        except BadInput as error:
+            return position, None, str(error)
+        buffer = io.BytesIO()
+        thumbnail(image, self.thumb_size).save(buffer, format="JPEG", quality=85)
+        return position, self.transform(image), buffer.getvalue()
+
+
+def _collate(samples):
+    good = [s for s in samples if s[1] is not None]
+    bad = [(s[0], s[2]) for s in samples if s[1] is None]
+    pixels = torch.stack([s[1] for s in good]) if good else None
+    return [s[0] for s in good], pixels, [s[2] for s in good], bad
+
+
+def _quiet_worker(_):
+    torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model
+
+
+def embed_files(
+    backbone: Backbone,
+    paths: list,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> EmbeddedBatchResult:
+    """Embed every readable image; unreadable ones are reported in `failed`, never fatal."""
+    settings = get_settings()
+    batch_size = batch_size or settings.batch_size
+    num_workers = settings.num_workers if num_workers is None else num_workers
+    num_workers = min(num_workers, os.cpu_count() or 1, max(0, len(paths) // batch_size))
+    loader = DataLoader(
+        _ImageFiles(list(paths), backbone.transform, settings.thumb_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_quiet_worker if num_workers else None,
+        pin_memory=backbone.device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+    )
+    vectors, ok, thumbs, failed = [], [], {}, []
+    bar = tqdm(
+        total=len(paths), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
+    )
+    for positions, pixels, thumb_bytes, bad in loader:
+        failed.extend(bad)
+        if pixels is not None:
+            vectors.append(backbone.encode_image_tensors(pixels).cpu().numpy())
+            ok.extend(positions)
+            thumbs.update(zip(positions, thumb_bytes, strict=True))
+        bar.update(len(positions) + len(bad))
+    bar.close()
+    dim = backbone.dim
+    matrix = (
+        np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+    )
+    return EmbeddedBatchResult(matrix, ok, thumbs, failed)

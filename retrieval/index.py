@@ -1,0 +1,417 @@
+"""The index artifact: a directory holding vectors, a FAISS index, item metadata and thumbnails.
+
+Layout (every write makes a new version and then flips CURRENT with an atomic rename, so a crash
+mid-write leaves the previous version loadable):
+
+    index_dir/CURRENT                  name of the live version
+    index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, [index.faiss]
+    index_dir/thumbs/<id>-<hash>.jpg   shared by versions, written before the flip
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval import __version__
+from retrieval.backbone import Backbone
+from retrieval.collection import Item, scan_folder
+from retrieval.embed import embed_files
+from retrieval.errors import BadInput, IndexMismatch, NotFound
+
+FORMAT_VERSION = 1
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+PROBE_TEXT = "a photo of an object"
+KEEP_VERSIONS = 2
+
+
+def model_fingerprint(backbone: Backbone) -> list[float]:
+    """A few numbers that differ between models: catches 'same dim, other weights'."""
+    return [round(float(v), 4) for v in backbone.encode_texts([PROBE_TEXT])[0][:8]]
+
+
+def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Index | None:
+    """Flat search runs straight on the vectors; ANN types get a FAISS structure."""
+    dim = vectors.shape[1]
+    if index_type == "flat":
+        return None
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params.get("m", 32), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.get("ef_construction", 80)
+        index.add(vectors)
+        return index
+    if index_type == "ivfpq":
+        nlist = params.get("nlist") or max(1, min(4096, int(4 * np.sqrt(len(vectors)))))
+        m = params.get("m") or _pq_subquantizers(dim)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        if len(vectors) < max(nlist, 256):
+            raise BadInput(
+                f"IVF-PQ needs at least {max(nlist, 256)} vectors to train; use flat or hnsw"
+            )
+        sample = vectors[
+            np.random.default_rng(0).permutation(len(vectors))[: max(nlist * 40, 10_000)]
+        ]
+        index.train(np.ascontiguousarray(sample))
+        index.add(vectors)
+        return index
+    raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
+
+
+def _pq_subquantizers(dim: int) -> int:
+    return next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 2)
+
+
+def _set_search_params(index: faiss.Index, params: dict) -> None:
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = params.get("ef_search", 64)
+    elif isinstance(index, faiss.IndexIVF):
+        index.nprobe = params.get("nprobe", 16)
+
+
+@contextmanager
+def _write_lock(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@dataclass
+class Index:
+    directory: Path
+    manifest: dict
+    items: list[dict]
+    vectors: np.ndarray
+    ann: faiss.Index | None = None
+
+    def __post_init__(self):
+        self._positions = {item["id"]: position for position, item in enumerate(self.items)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory: str | Path, backbone: Backbone | None = None) -> Index:
+        directory = Path(directory)
+        current = directory / "CURRENT"
+        if not current.is_file():
+            raise NotFound(f"{directory} is not an index (no CURRENT file); build one with `index`")
+        version_dir = directory / "versions" / current.read_text().strip()
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise IndexMismatch(
+                f"index format {manifest.get('format')} is not supported (expected {FORMAT_VERSION})"
+            )
+        with open(version_dir / "items.jsonl", encoding="utf-8") as handle:
+            items = [json.loads(line) for line in handle if line.strip()]
+        vectors = np.load(version_dir / "vectors.npy", mmap_mode="r")
+        ann = None
+        if (version_dir / "index.faiss").is_file():
+            ann = faiss.read_index(str(version_dir / "index.faiss"), faiss.IO_FLAG_MMAP)
+            _set_search_params(ann, manifest.get("index_params", {}))
+        index = cls(directory, manifest, items, vectors, ann)
+        if backbone is not None:
+            index.check_backbone(backbone)
+        return index
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Refuse to search with a model the vectors did not come from."""
+        built_with = f"{self.manifest['model_spec']} (dim {self.dim})"
+        if backbone.dim != self.dim:
+            raise IndexMismatch(
+                f"the index at {self.directory} was built with {built_with}, but the model in use "
+                f"({backbone.spec}) embeds into {backbone.dim} dimensions; rebuild the index or load its model"
+            )
+        expected = self.manifest.get("model_fingerprint")
+        if expected and not np.allclose(expected, model_fingerprint(backbone), atol=2e-3):
+            raise IndexMismatch(
+                f"the index at {self.directory} was built with {built_with}; the model in use "
+                f"({backbone.spec}) has the same dimension but different weights"
+            )
+
+    # -- lookups -----------------------------------------------------------------------------
+    def position(self, item_id: str) -> int:
+        try:
+            return self._positions[item_id]
+        except KeyError:
+            raise NotFound(f"no item {item_id!r} in this collection") from None
+
+    def item(self, item_id: str) -> dict:
+        return self.items[self.position(item_id)]
+
+    def model_spec(self) -> str:
+        """The recorded model spec, with a relative model folder resolved against the index."""
+        spec = self.manifest["model_spec"]
+        candidate = self.directory / spec
+        return (
+            str(candidate.resolve())
+            if not Path(spec).is_absolute() and candidate.is_dir()
+            else spec
+        )
+
+    def source_root(self) -> Path:
+        root = Path(self.manifest.get("source_root") or ".")
+        return root if root.is_absolute() else (self.directory / root).resolve()
+
+    def image_path(self, item_id: str) -> Path:
+        """The full-size original if it is still there, else the thumbnail."""
+        item = self.item(item_id)
+        root = self.source_root()
+        path = (root / item["file"]).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            return path
+        return self.thumb_path(item_id)
+
+    def thumb_path(self, item_id: str) -> Path:
+        return self.directory / "thumbs" / self.item(item_id)["thumb"]
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
+        """Top-k (scores, positions) by inner product; `allowed` restricts to those positions (exact)."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            if len(allowed) == 0:
+                return np.zeros((len(queries), 0), np.float32), np.zeros(
+                    (len(queries), 0), np.int64
+                )
+            subset = np.ascontiguousarray(self.vectors[allowed])
+            scores, local = faiss.knn(
+                queries, subset, min(k, len(allowed)), faiss.METRIC_INNER_PRODUCT
+            )
+            return scores, allowed[local]
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self.ann is None:
+            return faiss.knn(
+                queries, np.ascontiguousarray(self.vectors), k, faiss.METRIC_INNER_PRODUCT
+            )
+        scores, positions = self.ann.search(queries, k)
+        return scores, positions
+
+    # -- writing -----------------------------------------------------------------------------
+    def update_metadata(self, updates: dict[str, dict]) -> Index:
+        """Merge fields into items (e.g. tags) and save as a new version."""
+        items = [dict(item) for item in self.items]
+        for item_id, fields in updates.items():
+            items[self.position(item_id)].update(fields)
+        return write_version(self.directory, self.manifest, items, np.asarray(self.vectors))
+
+
+def write_version(directory: Path, manifest: dict, items: list[dict], vectors: np.ndarray) -> Index:
+    """Write a complete new version next to the live one, then flip CURRENT atomically."""
+    directory = Path(directory)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    manifest = {
+        **manifest,
+        "count": len(items),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    ann = (
+        build_faiss(vectors, manifest["index_type"], manifest.get("index_params", {}))
+        if len(items)
+        else None
+    )
+    with _write_lock(directory):
+        name = f"v{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        staging = directory / "versions" / f".{name}.tmp"
+        staging.mkdir(parents=True)
+        np.save(staging / "vectors.npy", vectors)
+        if ann is not None:
+            faiss.write_index(ann, str(staging / "index.faiss"))
+        lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+        (staging / "items.jsonl").write_text(lines, encoding="utf-8")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(staging, directory / "versions" / name)
+        _write_atomic(directory / "CURRENT", name.encode())
+        _prune_versions(directory, keep=name)
+    return Index.load(directory)
+
+
+def _prune_versions(directory: Path, keep: str) -> None:
+    versions = sorted(
+        (p for p in (directory / "versions").iterdir() if not p.name.startswith(".")),
+        key=os.path.getmtime,
+    )
+    stale = [p for p in versions if p.name != keep][: max(0, len(versions) - KEEP_VERSIONS)]
+    for path in stale + [p for p in (directory / "versions").glob(".*.tmp")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _thumb_name(item_id: str, fingerprint: str) -> str:
+    return f"{item_id}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}.jpg"
+
+
+def _embed_items(items: list[Item], directory: Path, backbone: Backbone, progress: bool):
+    """Embed items and write their thumbnails; returns (metadata rows, vectors, skipped)."""
+    result = embed_files(backbone, [item.path for item in items], progress=progress)
+    thumbs = directory / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for position in result.ok:
+        item = items[position]
+        fingerprint = _file_fingerprint(item.path)
+        row = {**item.meta, "fingerprint": fingerprint, "thumb": _thumb_name(item.id, fingerprint)}
+        _write_atomic(thumbs / row["thumb"], result.thumbs[position])
+        rows.append(row)
+    skipped = [(items[position].meta["file"], reason) for position, reason in result.failed]
+    return rows, result.vectors, skipped
+
+
+@dataclass
+class BuildReport:
+    index: Index
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list = None
+
+    def summary(self) -> str:
+        text = (
+            f"{len(self.index)} items in {self.index.directory} ({self.added} added, {self.changed} changed, "
+            f"{self.removed} removed, {self.unchanged} unchanged)"
+        )
+        for file, reason in self.skipped or []:
+            text += f"\n  skipped {file}: {reason}"
+        return text
+
+
+def build_index(
+    folder: str | Path,
+    out_dir: str | Path,
+    backbone: Backbone,
+    index_type: str = "flat",
+    metadata: str | Path | None = None,
+    index_params: dict | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Embed a whole folder into a fresh index (replacing any index already at `out_dir`)."""
+    if index_type not in INDEX_TYPES:
+        raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
+    folder, out_dir = Path(folder), Path(out_dir)
+    items, skipped = scan_folder(folder, metadata)
+    if not items:
+        raise BadInput(f"no images found in {folder}")
+    rows, vectors, failed = _embed_items(items, out_dir, backbone, progress)
+    if not rows:
+        raise BadInput(f"none of the {len(items)} images in {folder} could be read")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "retrieval_version": __version__,
+        "model_spec": _portable_spec(backbone.spec, out_dir),
+        "model_fingerprint": model_fingerprint(backbone),
+        "dim": backbone.dim,
+        "preprocessing": backbone.preprocessing,
+        "normalized": True,
+        "index_type": index_type,
+        "index_params": index_params or {},
+        "source_root": _portable_root(folder, out_dir),
+        "metadata_file": str(metadata) if metadata else None,
+    }
+    index = write_version(out_dir, manifest, rows, vectors)
+    return BuildReport(index, added=len(rows), skipped=skipped + failed)
+
+
+def _portable_spec(spec: str, out_dir: Path) -> str:
+    """A model folder is recorded relative to the index, like the images."""
+    path = Path(spec.removeprefix("local-dir:")).expanduser()
+    return _portable_root(path, out_dir) if path.is_dir() else spec
+
+
+def _portable_root(folder: Path, out_dir: Path) -> str:
+    """Relative to the index when both live in one tree, so a copied repo still finds its images."""
+    try:
+        return os.path.relpath(folder.resolve(), out_dir.resolve())
+    except ValueError:
+        return str(folder.resolve())
+
+
+def update_index(
+    out_dir: str | Path,
+    backbone: Backbone,
+    folder: str | Path | None = None,
+    metadata: str | Path | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Embed only new or changed files, drop deleted ones, refresh metadata of the rest."""
+    index = Index.load(out_dir, backbone)
+    folder = Path(folder) if folder else index.source_root()
+    metadata = metadata or index.manifest.get("metadata_file")
+    items, skipped = scan_folder(folder, metadata)
+    old = {row["id"]: position for position, row in enumerate(index.items)}
+    keep_rows, keep_vectors, todo = [], [], []
+    for item in items:
+        position = old.get(item.id)
+        if position is not None and index.items[position].get("fingerprint") == _file_fingerprint(
+            item.path
+        ):
+            previous = index.items[position]
+            keep_rows.append(
+                {
+                    **item.meta,
+                    "fingerprint": previous["fingerprint"],
+                    "thumb": previous["thumb"],
+                    **({"tags": previous["tags"]} if "tags" in previous else {}),
+                }
+            )
+            keep_vectors.append(np.asarray(index.vectors[position]))
+        else:
+            todo.append(item)
+    new_rows, new_vectors, failed = (
+        _embed_items(todo, Path(out_dir), backbone, progress) if todo else ([], None, [])
+    )
+    rows = keep_rows + new_rows
+    if not rows:
+        raise BadInput(f"no readable images left in {folder}")
+    parts = ([np.stack(keep_vectors)] if keep_vectors else []) + ([new_vectors] if new_rows else [])
+    manifest = {**index.manifest, "source_root": _portable_root(folder, Path(out_dir))}
+    new_index = write_version(Path(out_dir), manifest, rows, np.concatenate(parts))
+    changed = sum(1 for row in new_rows if row["id"] in old)
+    current_ids = {item.id for item in items}
+    return BuildReport(
+        new_index,
+        added=len(new_rows) - changed,
+        changed=changed,
+        removed=sum(1 for item_id in old if item_id not in current_ids),
+        unchanged=len(keep_rows),
+        skipped=skipped + failed,
+    )

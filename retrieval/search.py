@@ -1,0 +1,234 @@
+"""Search: turn a query (text, image, item, or image + modification text) into ranked items.
+
+Every query becomes one normalised vector, then the index ranks items by inner product; filters,
+thresholds and paging are applied here so every caller (CLI, UI, API) behaves the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval.backbone import Backbone
+from retrieval.config import get_settings
+from retrieval.errors import BadInput
+from retrieval.images import ImageSource
+from retrieval.index import Index
+
+Composer = Callable[[Backbone, torch.Tensor, list[str]], torch.Tensor]
+_YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
+
+
+def sum_composer(
+    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
+    """Training-free baseline: normalise(image + text)."""
+    text_features = backbone.encode_token_ids(backbone.tokenize(texts)).to(image_features.device)
+    return torch.nn.functional.normalize(image_features + text_features, dim=-1)
+
+
+def image_only_composer(
+    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
+    return image_features
+
+
+def text_only_composer(
+    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
+    return backbone.encode_token_ids(backbone.tokenize(texts)).to(image_features.device)
+
+
+@dataclass
+class Filters:
+    """Metadata conditions; all given conditions must hold."""
+
+    artist: str | None = None
+    date_from: int | None = None
+    date_to: int | None = None
+    keyword: str | None = None
+    tags: list[str] | None = None
+
+    def is_empty(self) -> bool:
+        return not any(value not in (None, "", []) for value in asdict(self).values())
+
+    def matches(self, item: dict) -> bool:
+        if (
+            self.artist
+            and self.artist.strip().lower() != str(item.get("artist", "")).strip().lower()
+        ):
+            return False
+        if self.date_from is not None or self.date_to is not None:
+            year = item_year(item)
+            if year is None:
+                return False
+            if self.date_from is not None and year < self.date_from:
+                return False
+            if self.date_to is not None and year > self.date_to:
+                return False
+        if self.keyword:
+            haystack = f"{item.get('title', '')} {item.get('description', '')}".lower()
+            if not all(word in haystack for word in self.keyword.lower().split()):
+                return False
+        if self.tags:
+            item_tags = {str(tag).lower() for tag in _tag_names(item.get("tags"))}
+            if not {tag.lower() for tag in self.tags} <= item_tags:
+                return False
+        return True
+
+
+def _tag_names(tags) -> list[str]:
+    if not tags:
+        return []
+    if isinstance(tags, str):
+        return [tag.strip() for tag in tags.split(";") if tag.strip()]
+    return [tag["tag"] if isinstance(tag, dict) else tag for tag in tags]
+
+
+def item_year(item: dict) -> int | None:
+    """The first 3-4 digit number in the date field ("c. 1650", "1503-1519" -> 1503)."""
+    match = _YEAR.search(str(item.get("date", "")))
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    rank: int
+    item: dict
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    query: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Searcher:
+    """Read-only over a loaded index and backbone, so one instance serves all requests."""
+
+    index: Index
+    backbone: Backbone
+    composers: dict[str, Composer] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.index.check_backbone(self.backbone)
+        self.composers = {"sum": sum_composer, **self.composers}
+
+    # -- query vectors -----------------------------------------------------------------------
+    def text_vector(self, text: str) -> tuple[np.ndarray, list[str]]:
+        if not isinstance(text, str) or not text.strip():
+            raise BadInput("the text query is empty")
+        notes = []
+        if self.backbone.is_truncated(text):
+            notes.append(
+                f"the text is longer than the model's {self.backbone.context_length} tokens and was truncated"
+            )
+        return self.backbone.encode_texts([text])[0], notes
+
+    def image_vector(self, source: ImageSource) -> np.ndarray:
+        return self.backbone.encode_images([source])[0]
+
+    def item_vector(self, item_id: str) -> np.ndarray:
+        return np.array(self.index.vectors[self.index.position(item_id)], dtype=np.float32)
+
+    def _reference(self, reference) -> tuple[np.ndarray, set[int]]:
+        """An item id is looked up (and excluded from results); anything else is an image."""
+        if isinstance(reference, str) and not Path(reference).is_file():
+            return self.item_vector(reference), {self.index.position(reference)}
+        return self.image_vector(reference), set()
+
+    # -- queries -----------------------------------------------------------------------------
+    def text(self, query: str, **options) -> SearchResult:
+        vector, notes = self.text_vector(query)
+        result = self.by_vector(vector, **options)
+        result.query, result.notes = {"type": "text", "text": query.strip()}, notes
+        return result
+
+    def image(self, source: ImageSource, **options) -> SearchResult:
+        result = self.by_vector(self.image_vector(source), **options)
+        result.query = {"type": "image"}
+        return result
+
+    def similar(self, item_id: str, **options) -> SearchResult:
+        exclude = {self.index.position(item_id)} | options.pop("exclude", set())
+        result = self.by_vector(self.item_vector(item_id), exclude=exclude, **options)
+        result.query = {"type": "item", "id": item_id}
+        return result
+
+    def composed_vector(
+        self, reference, text: str, method: str = "sum"
+    ) -> tuple[np.ndarray, set[int], list[str]]:
+        composer = self.composers.get(method)
+        if composer is None:
+            raise BadInput(
+                f"composed method {method!r} is not available here; choose one of {sorted(self.composers)}"
+            )
+        _, notes = self.text_vector(text)
+        reference_vector, exclude = self._reference(reference)
+        image_features = torch.from_numpy(reference_vector[None]).to(self.backbone.device)
+        with torch.inference_mode(), self.backbone.lock:
+            query = composer(self.backbone, image_features, [text.strip()])
+        return query[0].float().cpu().numpy(), exclude, notes
+
+    def composed(self, reference, text: str, method: str = "sum", **options) -> SearchResult:
+        vector, exclude, notes = self.composed_vector(reference, text, method)
+        result = self.by_vector(vector, exclude=exclude | options.pop("exclude", set()), **options)
+        result.query = {"type": "composed", "text": text.strip(), "method": method}
+        result.notes = notes
+        return result
+
+    def by_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        offset: int = 0,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        exclude: set[int] | None = None,
+    ) -> SearchResult:
+        """Rank all items; `offset`/`k` page through the ranking, after filtering and exclusion."""
+        k, offset = _check_paging(k, offset)
+        exclude = exclude or set()
+        allowed = None
+        if filters is not None and not filters.is_empty():
+            allowed = np.array(
+                [p for p, item in enumerate(self.index.items) if filters.matches(item)],
+                dtype=np.int64,
+            )
+        wanted = offset + k + len(exclude)
+        scores, positions = self.index.search(np.asarray(vector, np.float32), wanted, allowed)
+        hits = []
+        for score, position in zip(scores[0], positions[0], strict=True):
+            if position < 0 or int(position) in exclude:
+                continue
+            if min_score is not None and score < min_score:
+                break
+            hits.append((float(score), int(position)))
+        page = hits[offset : offset + k]
+        return SearchResult(
+            [
+                Hit(self.index.items[p]["id"], s, offset + rank + 1, self.index.items[p])
+                for rank, (s, p) in enumerate(page)
+            ]
+        )
+
+    def item(self, item_id: str) -> dict:
+        return self.index.item(item_id)
+
+
+def _check_paging(k: int, offset: int) -> tuple[int, int]:
+    max_k = get_settings().max_k
+    if not isinstance(k, int) or not 1 <= k <= max_k:
+        raise BadInput(f"k must be between 1 and {max_k}, got {k!r}")
+    if not isinstance(offset, int) or not 0 <= offset <= 10_000:
+        raise BadInput(f"offset must be between 0 and 10000, got {offset!r}")
+    return k, offset

@@ -1,0 +1,48 @@
+"""Small builders shared by tests: generated image folders in the formats the project reads."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def draw_scene(colour: str, shape: str, size: int = 48, jitter: int = 0) -> Image.Image:
+    image = Image.new("RGB", (size, size), (245, 245, 245))
+    draw = ImageDraw.Draw(image)
+    box = (8 + jitter, 8 + jitter, size - 8 + jitter, size - 8 + jitter)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS[colour])
+    else:
+        draw.rectangle(box, fill=COLOURS[colour])
+    return image
+
+
+def make_collection(root: Path, with_metadata: bool = True) -> Path:
+    """Eight images in two sub-folders plus a CSV with artists and dates."""
+    rows = []
+    for number, (colour, shape) in enumerate(
+        [(c, s) for c in COLOURS for s in ("circle", "square")]
+    ):
+        folder = root / ("round" if shape == "circle" else "angular")
+        folder.mkdir(parents=True, exist_ok=True)
+        file = f"{folder.name}/{colour}_{shape}.png"
+        draw_scene(colour, shape, jitter=number % 3).save(root / file)
+        rows.append({
+            "id": f"{colour}-{shape}",
+            "file": file,
+            "title": f"A {colour} {shape}",
+            "artist": "Anna" if number % 2 else "Bruno",
+            "date": f"c. {1500 + 50 * number}",
+            "description": f"painting of a {colour} {shape} on a pale ground",
+            "museum_room": f"room {number}",
+        })
+    if with_metadata:
+        with open(root / "metadata.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
