@@ -37,12 +37,10 @@ class CollectionSpec:
         known = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
         for key in ("index", "model", "combiner", "phi"):
             value = known.get(key)
-            if (
-                value
-                and not value.startswith("hf-hub:")
-                and "/" in value
-                and (base / value).exists()
-            ):
+            is_path = (
+                key != "model" or (base / str(value)).exists()
+            )  # a model may be an open_clip name
+            if value and not value.startswith("hf-hub:") and is_path:
                 known[key] = str((base / value).resolve())
         return cls(**known)
 

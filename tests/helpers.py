@@ -7,7 +7,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 60),
+    "blue": (40, 60, 220),
+    "yellow": (230, 210, 40),
+}
 
 
 def draw_scene(colour: str, shape: str, size: int = 48, jitter: int = 0) -> Image.Image:
@@ -31,15 +36,17 @@ def make_collection(root: Path, with_metadata: bool = True) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         file = f"{folder.name}/{colour}_{shape}.png"
         draw_scene(colour, shape, jitter=number % 3).save(root / file)
-        rows.append({
-            "id": f"{colour}-{shape}",
-            "file": file,
-            "title": f"A {colour} {shape}",
-            "artist": "Anna" if number % 2 else "Bruno",
-            "date": f"c. {1500 + 50 * number}",
-            "description": f"painting of a {colour} {shape} on a pale ground",
-            "museum_room": f"room {number}",
-        })
+        rows.append(
+            {
+                "id": f"{colour}-{shape}",
+                "file": file,
+                "title": f"A {colour} {shape}",
+                "artist": "Anna" if number % 2 else "Bruno",
+                "date": f"c. {1500 + 50 * number}",
+                "description": f"painting of a {colour} {shape} on a pale ground",
+                "museum_room": f"room {number}",
+            }
+        )
     if with_metadata:
         with open(root / "metadata.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

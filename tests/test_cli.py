@@ -21,13 +21,42 @@ def test_every_command_has_help():
 
 def test_index_then_search_end_to_end(tmp_path, micro_model_dir, capsys):
     make_collection(tmp_path / "images")
-    assert main(["index", str(tmp_path / "images"), "--out", str(tmp_path / "index"),
-                 "--model", str(micro_model_dir), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(tmp_path / "images"),
+                "--out",
+                str(tmp_path / "index"),
+                "--model",
+                str(micro_model_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "8 items" in capsys.readouterr().out
-    assert main(["search", "a red circle", "--index", str(tmp_path / "index"), "-k", "3", "--json"]) == 0
+    assert (
+        main(["search", "a red circle", "--index", str(tmp_path / "index"), "-k", "3", "--json"])
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
-    assert main(["search", "--similar", "red-circle", "--index", str(tmp_path / "index"), "--artist", "Anna"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--similar",
+                "red-circle",
+                "--index",
+                str(tmp_path / "index"),
+                "--artist",
+                "Anna",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and "red-circle" not in "".join(lines)
     assert main(["search", "   ", "--index", str(tmp_path / "index")]) == 1
@@ -35,6 +64,11 @@ def test_index_then_search_end_to_end(tmp_path, micro_model_dir, capsys):
 
 
 def test_module_entry_point_runs(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "retrieval", "info", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "retrieval", "info", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "not an index" in done.stderr

@@ -27,8 +27,10 @@ def test_scan_without_metadata_uses_relative_paths_as_ids(tmp_path):
 
 def test_jsonl_metadata_and_duplicate_ids(tmp_path):
     make_collection(tmp_path, with_metadata=False)
-    rows = [{"file": "round/red_circle.png", "id": "same", "title": "One"},
-            {"file": "round/blue_circle.png", "id": "same", "title": "Two"}]
+    rows = [
+        {"file": "round/red_circle.png", "id": "same", "title": "One"},
+        {"file": "round/blue_circle.png", "id": "same", "title": "Two"},
+    ]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     items, skipped = scan_folder(tmp_path)
     assert [item.id for item in items].count("same") == 1

@@ -19,7 +19,12 @@ def _fake_upload_into_cache(cache_dir, captured):
         for relative in allow_patterns:
             target = snapshot / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(folder_path / relative if hasattr(folder_path, "joinpath") else f"{folder_path}/{relative}", target)
+            shutil.copy(
+                folder_path / relative
+                if hasattr(folder_path, "joinpath")
+                else f"{folder_path}/{relative}",
+                target,
+            )
         (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
         (repo_cache / "refs" / "main").write_text(commit)
         return type("Info", (), {"commit_url": f"https://hub.example/{repo_id}/commit/{commit}"})()
@@ -37,7 +42,9 @@ def test_push_then_fetch_from_offline_cache(tmp_path, micro_backbone, monkeypatc
     monkeypatch.setattr(HfApi, "upload_folder", _fake_upload_into_cache(cache, captured))
     url = push_index(tmp_path / "index", "museum/paintings")
     assert "museum/paintings" in url and captured["repo_type"] == "dataset"
-    assert sum(name.startswith("versions/") for name in captured["files"]) == 3  # only the live version
+    assert (
+        sum(name.startswith("versions/") for name in captured["files"]) == 3
+    )  # only the live version
     local = fetch("hf-hub:museum/paintings", cache_dir=str(cache))
     pulled = Index.load(local, micro_backbone)
     assert len(pulled) == len(update) and pulled.item("red-circle")["tags"] == ["red"]

@@ -44,11 +44,15 @@ def test_vectors_match_direct_encoding(built, micro_backbone):
 def test_mismatched_model_is_refused(built, tmp_path):
     _, index_dir, _ = built
     other, _, _ = new_model("ShapesCLIP-Tiny", device="cpu")
-    wrong_dim = load_backbone(str(save_backbone(other, "ShapesCLIP-Tiny", tmp_path / "tiny")), device="cpu")
+    wrong_dim = load_backbone(
+        str(save_backbone(other, "ShapesCLIP-Tiny", tmp_path / "tiny")), device="cpu"
+    )
     with pytest.raises(IndexMismatch, match="dimensions"):
         Index.load(index_dir, wrong_dim)
     same_arch, _, _ = new_model("ShapesCLIP-Micro", device="cpu")
-    other_weights = load_backbone(str(save_backbone(same_arch, "ShapesCLIP-Micro", tmp_path / "m2")), device="cpu")
+    other_weights = load_backbone(
+        str(save_backbone(same_arch, "ShapesCLIP-Micro", tmp_path / "m2")), device="cpu"
+    )
     with pytest.raises(IndexMismatch, match="different weights"):
         Index.load(index_dir, other_weights)
 
@@ -91,19 +95,39 @@ def test_approximate_indexes_agree_with_exact(tmp_path, index_type):
     vectors = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     items = [{"id": f"i{n}", "file": f"{n}.png", "thumb": ""} for n in range(3000)]
-    manifest = {"format": 1, "model_spec": "x", "dim": 32, "preprocessing": "standard",
-                "index_type": "flat", "index_params": {}}
+    manifest = {
+        "format": 1,
+        "model_spec": "x",
+        "dim": 32,
+        "preprocessing": "standard",
+        "index_type": "flat",
+        "index_params": {},
+    }
     exact = write_version(tmp_path / "flat", manifest, items, vectors)
-    approx = write_version(tmp_path / index_type, {**manifest, "index_type": index_type,
-                                                   "index_params": {"nprobe": 8}}, items, vectors)
+    approx = write_version(
+        tmp_path / index_type,
+        {**manifest, "index_type": index_type, "index_params": {"nprobe": 8}},
+        items,
+        vectors,
+    )
     queries = vectors[:50]
     _, truth = exact.search(queries, 10)
     _, found = approx.search(queries, 10)
     recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)])
     assert recall > 0.6
     assert approx.ann is not None and exact.ann is None
-    assert json.loads((tmp_path / index_type / "versions" / (tmp_path / index_type / "CURRENT").read_text() /
-                       "manifest.json").read_text())["index_type"] == index_type
+    assert (
+        json.loads(
+            (
+                tmp_path
+                / index_type
+                / "versions"
+                / (tmp_path / index_type / "CURRENT").read_text()
+                / "manifest.json"
+            ).read_text()
+        )["index_type"]
+        == index_type
+    )
 
 
 def test_empty_folder_and_unknown_type(tmp_path, micro_backbone):
@@ -111,7 +135,9 @@ def test_empty_folder_and_unknown_type(tmp_path, micro_backbone):
     with pytest.raises(BadInput, match="no images"):
         build_index(tmp_path / "empty", tmp_path / "i", micro_backbone, progress=False)
     with pytest.raises(BadInput, match="unknown index type"):
-        build_index(tmp_path / "empty", tmp_path / "i", micro_backbone, index_type="lsh", progress=False)
+        build_index(
+            tmp_path / "empty", tmp_path / "i", micro_backbone, index_type="lsh", progress=False
+        )
 
 
 def test_copied_index_still_finds_model_and_images(built, tmp_path, micro_model_dir):

@@ -48,7 +48,9 @@ def test_image_search_accepts_path_bytes_and_pil(searcher, tmp_path):
     path = tmp_path / "q.png"
     image.save(path)
     by_pil = searcher.image(image, k=3)
-    assert [h.id for h in searcher.image(buffer.getvalue(), k=3).hits] == [h.id for h in by_pil.hits]
+    assert [h.id for h in searcher.image(buffer.getvalue(), k=3).hits] == [
+        h.id for h in by_pil.hits
+    ]
     assert [h.id for h in searcher.image(path, k=3).hits] == [h.id for h in by_pil.hits]
     with pytest.raises(BadInput):
         searcher.image(b"not an image", k=3)
@@ -78,7 +80,9 @@ def test_composed_sum_excludes_reference_and_combines(searcher):
     reference = searcher.item_vector("red-circle")
     text = searcher.backbone.encode_texts(["make it blue"])[0]
     query = (reference + text) / np.linalg.norm(reference + text)
-    expected = np.sort(np.delete(searcher.index.vectors @ query, searcher.index.position("red-circle")))[::-1]
+    expected = np.sort(
+        np.delete(searcher.index.vectors @ query, searcher.index.position("red-circle"))
+    )[::-1]
     assert np.allclose([hit.score for hit in result.hits], expected[:7], atol=1e-5)
     with pytest.raises(BadInput, match="not available"):
         searcher.composed("red-circle", "blue", method="combiner")
@@ -90,7 +94,9 @@ def test_custom_composer_is_used(searcher):
 
     plugged = Searcher(searcher.index, searcher.backbone, {"text-only": text_only})
     composed = plugged.composed("red-circle", "a yellow square", method="text-only", k=3)
-    plain = [hit.id for hit in plugged.text("a yellow square", k=4).hits if hit.id != "red-circle"][:3]
+    plain = [hit.id for hit in plugged.text("a yellow square", k=4).hits if hit.id != "red-circle"][
+        :3
+    ]
     assert [hit.id for hit in composed.hits] == plain
 
 
