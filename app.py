@@ -1,27 +1,40 @@
 """Smart Retrieval web app: Gradio UI at /, JSON REST API at /api, in one process.
 
-Run `python app.py` (offline on the Shapes collection by default); settings come from SR_* variables.
+Run `python app.py` (offline on the Shapes collection by default); settings come from SR_*
+variables. On a Hugging Face Space (SPACE_ID is set) it binds 0.0.0.0 so the Space can reach it.
 """
 
 from __future__ import annotations
+
+import os
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
 from retrieval.catalog import Catalog
-from retrieval.config import get_settings
+from retrieval.config import Settings, get_settings
 from webapp.api import create_api
 from webapp.ui import build_ui, launch_options
 
 
-def create_app(catalog: Catalog | None = None) -> FastAPI:
-    catalog = catalog or Catalog.from_file()
-    app = create_api(catalog)
-    demo = build_ui(catalog)
-    return gr.mount_gradio_app(app, demo, path="", **launch_options())
+def create_app(catalog: Catalog | None = None, settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    catalog = catalog or Catalog.from_file(settings.collections_file)
+    app = create_api(catalog, settings)
+    demo = build_ui(catalog, settings)
+    return gr.mount_gradio_app(app, demo, path="", **launch_options(settings))
+
+
+def bind_address(settings: Settings) -> tuple[str, int]:
+    """SR_HOST/SR_PORT; a Space (SPACE_ID set) must listen on every interface."""
+    host = (
+        "0.0.0.0" if os.environ.get("SPACE_ID") and "SR_HOST" not in os.environ else settings.host
+    )
+    return host, settings.port
 
 
 if __name__ == "__main__":
     settings = get_settings()
-    uvicorn.run(create_app(), host=settings.host, port=settings.port)
+    host, port = bind_address(settings)
+    uvicorn.run(create_app(settings=settings), host=host, port=port)

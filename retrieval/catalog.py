@@ -127,6 +127,12 @@ class Catalog:
             return str(error)
         return None
 
+    def state(self, name: str) -> str:
+        """'loaded', 'not loaded' or the failure reason, without loading anything."""
+        if name in self._loaded:
+            return "loaded"
+        return self._errors.get(name, "not loaded")
+
     def add(self, collection: Collection) -> None:
         with self._lock:
             self.specs[collection.name] = collection.spec

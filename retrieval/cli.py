@@ -282,13 +282,17 @@ def _add_tag(sub):
         choices=["single", "multi"],
         help="single = best TOP_K terms of each group; multi = every term above its threshold",
     )
-    parser.add_argument("--top-k", type=int, default=1, help="single mode: terms per group (default 1)")
+    parser.add_argument(
+        "--top-k", type=int, default=1, help="single mode: terms per group (default 1)"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
         help="multi mode: minimum probability within the group (default: the vocabulary's)",
     )
-    parser.add_argument("--out", help="write tags to this .csv or .jsonl file (default: CSV on stdout)")
+    parser.add_argument(
+        "--out", help="write tags to this .csv or .jsonl file (default: CSV on stdout)"
+    )
     parser.add_argument(
         "--store",
         choices=["merge", "replace"],
@@ -297,6 +301,101 @@ def _add_tag(sub):
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
     parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
     parser.set_defaults(func=_cmd_tag)
+
+
+def _add_eval(sub):
+    """`python -m retrieval eval BENCHMARK ...`: one sub-command per benchmark.
+
+    To add a benchmark, write `add_<x>_eval_commands(benchmarks)` in your module (calling
+    `benchmarks.add_parser(name, ...)` and `set_defaults(func=...)`) and add ONE call below.
+    """
+    parser = sub.add_parser("eval", help="measure models on a benchmark; JSON + Markdown results")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    from retrieval.noisyart import add_eval_commands as add_noisyart_eval
+
+    add_noisyart_eval(benchmarks)  # noisyart, classfolders
+    from retrieval.evaluation import add_eval_commands as add_composed_eval
+
+    add_composed_eval(benchmarks)  # cirr, fashioniq, circo (any composition method)
+
+
+def _add_finetune(sub):
+    """`python -m retrieval finetune DATASET ...`: contrastive CLIP fine-tuning on a labelled dataset."""
+    parser = sub.add_parser(
+        "finetune", help="fine-tune CLIP on class texts (NoisyArt, class folders)"
+    )
+    datasets = parser.add_subparsers(dest="benchmark", required=True, metavar="DATASET")
+    from retrieval.noisyart import add_finetune_commands
+
+    add_finetune_commands(datasets)  # noisyart, classfolders
+
+
+def _cmd_shapes_generate(args):
+    from retrieval.shapes import generate_command
+
+    generate_command(args)
+
+
+def _cmd_train_clip(args):
+    from retrieval.training import train_clip_command
+
+    train_clip_command(args)
+
+
+def _add_shapes(sub):
+    from retrieval.shapes import add_generate_arguments
+
+    parser = sub.add_parser("shapes", help="the procedurally generated Shapes world (demo data)")
+    actions = parser.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
+    generate = actions.add_parser(
+        "generate",
+        help="render train/val/test splits in the CIRR format plus metadata.csv",
+        description="Render seeded Shapes scenes (1-3 objects: shape, colour, size, position) with "
+        "composed-retrieval triplets in the CIRR on-disk format and a metadata.csv for `index`.",
+    )
+    add_generate_arguments(generate)
+    generate.set_defaults(func=_cmd_shapes_generate)
+
+
+def _add_train_clip(sub):
+    from retrieval.training import add_train_clip_arguments
+
+    parser = sub.add_parser(
+        "train-clip",
+        help="train or fine-tune a CLIP model (contrastive pairs or CLIP4Cir composed sum)",
+        description="Train a CLIP model from scratch (e.g. ShapesCLIP-Tiny on the Shapes world) or "
+        "fine-tune one, with periodic validation, best-checkpoint selection and resume. Writes an "
+        "open_clip folder usable as --model.",
+    )
+    add_train_clip_arguments(parser)
+    parser.set_defaults(func=_cmd_train_clip)
+
+
+def _add_train_combiner(sub):
+    from retrieval.combiner import add_train_combiner_arguments, run_train_combiner
+
+    parser = sub.add_parser(
+        "train-combiner",
+        help="train the CLIP4Cir Combiner (stage 2) on composed-retrieval triplets, CLIP frozen",
+        description="Stage 2 of CLIP4Cir: precompute (and cache) image features with the frozen "
+        "model, then train the Combiner (Adam lr 2e-5, in-batch cross-entropy); keeps the best "
+        "checkpoint by the protocol's validation metric.",
+    )
+    add_train_combiner_arguments(parser)
+    parser.set_defaults(func=run_train_combiner)
+
+
+def _add_train_stage1(sub):
+    from retrieval.combiner import add_train_stage1_arguments, run_train_stage1
+
+    parser = sub.add_parser(
+        "train-stage1",
+        help="fine-tune CLIP for composed retrieval (CLIP4Cir stage 1, query = image + text)",
+        description="Stage 1 of CLIP4Cir: fine-tune both encoders so normalise(image + text) retrieves "
+        "the target (AdamW lr 2e-6); writes an open_clip folder usable as --model.",
+    )
+    add_train_stage1_arguments(parser)
+    parser.set_defaults(func=run_train_stage1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,8 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_push(sub)
     _add_pull(sub)
+    _add_shapes(sub)
+    _add_train_clip(sub)
     _add_train_phi(sub)
     _add_tag(sub)
+    _add_eval(sub)
+    _add_finetune(sub)
+    _add_train_stage1(sub)
+    _add_train_combiner(sub)
     return parser
 
 

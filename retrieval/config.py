@@ -40,6 +40,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_zip_images: int = 5_000
     max_zip_ratio: int = 100  # uncompressed / compressed size, a zip bomb guard
+    max_unzipped_mb: int = 2_000  # total size a zip upload may expand to
     max_k: int = 200
     thumb_size: int = 256
     api_key: str = ""

@@ -69,6 +69,24 @@ def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Ind
     raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
 
 
+SMALL_QUERY_BATCH = 16
+BLAS_MIN_ELEMENTS = 1 << 24  # ~32k vectors of 512-d: below that a plain scan is ~1 ms anyway
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int):
+    """Exact top-k by inner product. A few queries on a large collection (user requests) go
+    through one multi-threaded BLAS product + partial sort: faiss.knn scans one query on one
+    thread, ~3.5x slower at 100k x 512 (see BENCHMARKS.md, text latency). Small collections and
+    large query batches stay with faiss.knn (waking BLAS threads costs more than it saves there)."""
+    if len(queries) > SMALL_QUERY_BATCH or vectors.size < BLAS_MIN_ELEMENTS:
+        return faiss.knn(queries, np.ascontiguousarray(vectors), k, faiss.METRIC_INNER_PRODUCT)
+    scores = np.asarray(queries @ np.asarray(vectors).T, dtype=np.float32)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
 def _pq_subquantizers(dim: int) -> int:
     return next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 2)
 
@@ -121,7 +139,15 @@ class Index:
     # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path, backbone: Backbone | None = None) -> Index:
-        directory = Path(directory)
+        for attempt in range(3):  # a concurrent writer may prune the version being read: read again
+            try:
+                return cls._load_current(Path(directory), backbone)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+
+    @classmethod
+    def _load_current(cls, directory: Path, backbone: Backbone | None) -> Index:
         current = directory / "CURRENT"
         if not current.is_file():
             raise NotFound(f"{directory} is not an index (no CURRENT file); build one with `index`")
@@ -192,7 +218,11 @@ class Index:
         return self.thumb_path(item_id)
 
     def thumb_path(self, item_id: str) -> Path:
-        return self.directory / "thumbs" / self.item(item_id)["thumb"]
+        thumbs = (self.directory / "thumbs").resolve()
+        path = (thumbs / self.item(item_id)["thumb"]).resolve()
+        if not path.is_relative_to(thumbs):
+            raise NotFound(f"item {item_id!r} has no thumbnail inside the index")
+        return path
 
     # -- search ------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
@@ -213,9 +243,7 @@ class Index:
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.ann is None:
-            return faiss.knn(
-                queries, np.ascontiguousarray(self.vectors), k, faiss.METRIC_INNER_PRODUCT
-            )
+            return exact_search(queries, self.vectors, k)
         scores, positions = self.ann.search(queries, k)
         return scores, positions
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,8 +140,11 @@ class Searcher:
         return np.array(self.index.vectors[self.index.position(item_id)], dtype=np.float32)
 
     def _reference(self, reference) -> tuple[np.ndarray, set[int]]:
-        """An item id is looked up (and excluded from results); anything else is an image."""
-        if isinstance(reference, str) and not Path(reference).is_file():
+        """A string is an item id (looked up, excluded from results); anything else is an image.
+
+        Image files must come as `Path`: user-supplied strings never open server files.
+        """
+        if isinstance(reference, str):
             return self.item_vector(reference), {self.index.position(reference)}
         return self.image_vector(reference), set()
 

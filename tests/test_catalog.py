@@ -58,3 +58,12 @@ def test_session_collections_can_be_added_and_removed(catalog_file):
     catalog.remove("mine")
     with pytest.raises(NotFound):
         catalog.get("mine")
+
+
+def test_state_does_not_load(catalog_file):
+    catalog = Catalog.from_file(catalog_file)
+    assert catalog.state("local") == "not loaded"
+    catalog.get("local")
+    assert catalog.state("local") == "loaded"
+    catalog.status("missing")
+    assert "does not exist" in catalog.state("missing")

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -9,14 +10,22 @@ from tests.helpers import make_collection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _walk(parser, path):
+    """Every (command path, parser) pair, sub-commands included (eval cirr, shapes generate, ...)."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, f"{path} {name}".strip())
+
+
 def test_every_command_has_help():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    assert {"index", "update", "search", "info", "push", "pull"} <= set(commands)
-    for name, sub in commands.items():
-        assert sub.format_help(), name
-        for action in sub._actions:
-            assert action.help, f"{name} {action.dest} has no help"
+    parsers = dict(_walk(build_parser(), ""))
+    assert {"index", "update", "search", "info", "push", "pull", "eval cirr", "tag"} <= set(parsers)
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name} {action.dest} has no help"
 
 
 def test_index_then_search_end_to_end(tmp_path, micro_model_dir, capsys):

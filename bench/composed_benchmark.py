@@ -1,0 +1,396 @@
+"""Composed retrieval on the Shapes world: baselines, the Combiner (frozen and stage-1 CLIP), zero-shot.
+
+Trains (unless the outputs exist or --skip-train), evaluates on the held-out Shapes test split with
+the CIRR protocol (whole test gallery, reference removed, Recall_subset over the img_set), and
+measures the CPU cost of one composed query on a 100k-item index, relative to the bare text encoder.
+
+    python -m bench.composed_benchmark                  # train what is missing, evaluate, report
+    python -m bench.composed_benchmark --retrain        # retrain both Combiners and the stage-1 CLIP
+    python -m bench.composed_benchmark --cost-only      # only the per-query cost table
+
+Ships the frozen-CLIP Combiner at models/shapes-combiner/ (the app's method "combiner"); the
+stage-1 CLIP and its Combiner stay under runs/composed/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from bench.report import markdown_table, write_section
+from retrieval.backbone import load_backbone, new_model, save_backbone
+from retrieval.combiner import (
+    combiner_composer,
+    load_combiner,
+    model_fingerprint,
+    save_combiner,
+    stage2_config,
+    train_combiner,
+    train_stage1,
+)
+from retrieval.config import ROOT
+from retrieval.datasets import read_cirr, split_features
+from retrieval.evaluation import evaluate_split
+from retrieval.search import image_only_composer, sum_composer, text_only_composer
+from retrieval.training import TrainConfig
+
+DATA = ROOT / "data" / "shapes"
+MODEL = ROOT / "models" / "shapes-clip-tiny"
+COMBINER = ROOT / "models" / "shapes-combiner"
+PHI = ROOT / "models" / "shapes-phi"
+WORK = ROOT / "runs" / "composed"
+COLUMNS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean"]
+INDEX_SIZE = 100_000
+COST_QUERY = "make the red circle on the left a large blue square"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_root(args) -> Path:
+    """data/shapes when it ships a train split, else a generated train split under runs/ (same world)."""
+    if (args.data / "captions" / "cap.rc2.train.json").is_file():
+        return args.data
+    root = WORK / "shapes-train"
+    if not (root / "captions" / "cap.rc2.train.json").is_file():
+        print(f"data/shapes has no train split: generating {args.train_sets} train sets in {root}")
+        command = [sys.executable, "-m", "retrieval", "shapes", "generate", "--out", str(root)]
+        command += ["--train-sets", str(args.train_sets), "--val-sets", "48", "--test-sets", "0"]
+        subprocess.run(command, check=True)
+    return root
+
+
+# --------------------------------------------------------------------------- training
+
+
+def stage2(backbone, root: Path, args, out: Path) -> dict:
+    train, val = read_cirr(root, "train"), read_cirr(root, "val")
+    cfg = stage2_config(
+        steps=args.combiner_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        validate_every=args.validate_every,
+        out_dir=str(WORK / f"{out.name}-checkpoints"),
+        extra={"dataset": "shapes", "root": str(root)},
+    )
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a fresh run, not a resumed one
+    started = time.perf_counter()
+    combiner, result = train_combiner(backbone, [train], cfg, [val], "cirr", progress=args.progress)
+    save_combiner(combiner, out)
+    return {
+        "seconds": time.perf_counter() - started,
+        "triplets": len(train.queries),
+        "best_step": result.best_step,
+        "val_mean": result.best_metrics.get("mean"),
+        "samples_per_second": result.samples_per_second,
+    }
+
+
+def stage1(backbone, root: Path, args, out: Path) -> dict:
+    train, val = read_cirr(root, "train"), read_cirr(root, "val")
+    cfg = TrainConfig.composed_defaults(
+        steps=args.stage1_steps,
+        batch_size=128,
+        lr=args.stage1_lr,
+        seed=args.seed,
+        validate_every=max(1, args.stage1_steps // 4),
+        out_dir=str(WORK / "stage1-checkpoints"),
+        extra={"dataset": "shapes"},
+    )
+    started = time.perf_counter()
+    _, result = train_stage1(backbone, [train], cfg, out, [val], "cirr", progress=args.progress)
+    return {
+        "seconds": time.perf_counter() - started,
+        "best_step": result.best_step,
+        "val_mean": result.best_metrics.get("mean"),
+    }
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(backbone, composers: dict, test) -> dict[str, dict]:
+    features = split_features(test, backbone, cache=False, progress=False)
+    results = {}
+    for name, composer in composers.items():
+        results[name] = evaluate_split(test, backbone, composer, features, progress=False).metrics
+        print(name, {key: round(value, 2) for key, value in results[name].items()})
+    return results
+
+
+def zero_shot_row(backbone):
+    """The zero-shot composer when textual inversion and its Shapes weights are shipped."""
+    if not (PHI / "phi_config.json").is_file():
+        return None
+    try:
+        from retrieval.inversion import zero_shot_composer
+    except ImportError:
+        return None
+    return zero_shot_composer(str(PHI))
+
+
+# --------------------------------------------------------------------------- cost per query
+
+
+def _median_ms(function, repeats: int) -> float:
+    function()  # warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def query_cost(backbone, combiner, repeats: int) -> list:
+    """Milliseconds per query (median) on CPU, one thread: text encoder alone vs the composed search."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((INDEX_SIZE, backbone.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(backbone.dim)
+    index.add(vectors)
+    reference = torch.from_numpy(vectors[:1])
+    tokens = backbone.tokenize([COST_QUERY])
+
+    def text_only():
+        backbone.encode_token_ids(tokens)
+
+    def composed(method):
+        def run():
+            with torch.inference_mode():
+                text = backbone.encode_token_ids(backbone.tokenize([COST_QUERY]))
+                query = text + reference if method == "sum" else combiner(reference, text)
+                query = torch.nn.functional.normalize(query, dim=-1)
+            index.search(query.numpy(), 50)
+
+        return run
+
+    encoder = _median_ms(text_only, repeats)
+    summed = _median_ms(composed("sum"), repeats)
+    combined = _median_ms(composed("combiner"), repeats)
+    combiner_alone = _median_ms(lambda: combiner(reference, reference), repeats)
+    search_alone = _median_ms(lambda: index.search(vectors[:1], 50), repeats)
+    return [encoder, search_alone, combiner_alone, summed, combined]
+
+
+def cost_table(args) -> str:
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    rows = []
+    for name, backbone in cost_backbones(args):
+        combiner = (
+            load_combiner(COMBINER) if name == args.model.name and COMBINER.is_dir() else None
+        )
+        if combiner is None or combiner.config.dim != backbone.dim:
+            from retrieval.combiner import new_combiner
+
+            combiner = new_combiner(backbone.dim)  # same size and cost as a trained one
+        combiner.eval()
+        with torch.inference_mode():
+            encoder, search, combiner_ms, summed, combined = query_cost(
+                backbone, combiner, args.repeats
+            )
+        rows.append(
+            [
+                name,
+                backbone.dim,
+                encoder,
+                search,
+                combiner_ms,
+                summed,
+                combined,
+                f"{summed / encoder:.2f}x",
+                f"{combined / encoder:.2f}x",
+            ]
+        )
+        print(rows[-1])
+    header = [
+        "backbone",
+        "d",
+        "text encoder ms",
+        f"flat search {INDEX_SIZE // 1000}k ms",
+        "Combiner ms",
+        "sum query ms",
+        "Combiner query ms",
+        "sum / encoder",
+        "Combiner / encoder",
+    ]
+    return markdown_table(header, rows)
+
+
+def cost_backbones(args):
+    """The shipped tiny CLIP, and ViT-B-32 with random weights (same cost as the real one)."""
+    if args.model.is_dir():
+        yield args.model.name, load_backbone(str(args.model), device="cpu")
+    directory = WORK / "vit-b-32-random"
+    if not (directory / "open_clip_config.json").is_file():
+        torch.manual_seed(0)
+        model, _, _ = new_model("ViT-B-32", device="cpu")
+        save_backbone(model, "ViT-B-32", directory)
+    yield "ViT-B-32 (random weights)", load_backbone(str(directory), device="cpu")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument(
+        "--train-sets", type=int, default=1000, help="when data/shapes has no train"
+    )
+    parser.add_argument("--combiner-steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-5, help="stage 2 (CLIP4Cir: 2e-5)")
+    parser.add_argument("--validate-every", type=int, default=200)
+    parser.add_argument("--stage1-steps", type=int, default=150)
+    parser.add_argument(
+        "--stage1-lr", type=float, default=1e-5, help="stage 1 (CLIP4Cir: 2e-6 for pretrained CLIP)"
+    )
+    parser.add_argument("--retrain", action="store_true", help="train again even if outputs exist")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate what exists")
+    parser.add_argument("--cost-only", action="store_true")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="show training progress bars")
+    parser.add_argument("--no-report", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="a sentence added under the tables")
+    parser.add_argument(
+        "--combiner-out", type=Path, default=COMBINER, help="where the frozen-CLIP Combiner goes"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=WORK, help="stage-1 model, checkpoints, train data"
+    )
+    args = parser.parse_args()
+    globals().update(COMBINER=args.combiner_out, WORK=args.work)  # one run, one set of paths
+    torch.set_num_threads(args.threads)
+    body = []
+    if not args.cost_only:
+        body.append(quality_section(args))
+    body += [
+        "",
+        f"**Cost of one composed query on CPU** (1 thread, median of {args.repeats}): text "
+        f"encoding + composition + exact inner-product search (FAISS flat) over {INDEX_SIZE:,} "
+        "synthetic normalised vectors, top 50, relative to the bare text-encoder forward.",
+        "",
+        cost_table(args),
+    ]
+    if args.note:
+        body += ["", f"Note: {args.note}"]
+    text = "\n".join(body)
+    print(text)
+    if not args.no_report:
+        write_section("composed", "Composed retrieval on Shapes: Combiner vs baselines", text)
+
+
+def quality_section(args) -> str:
+    backbone = load_backbone(str(args.model))
+    root = training_root(args)
+    info = {}
+    stage1_dir, stage1_combiner = WORK / "stage1-clip", WORK / "stage1-combiner"
+    trained = (COMBINER / "combiner_config.json").is_file()
+    if not args.skip_train and (args.retrain or not trained or _stale(COMBINER, backbone)):
+        info["frozen"] = stage2(backbone, root, args, COMBINER)
+    if not args.skip_train and (args.retrain or _stage1_stale(stage1_dir, backbone)):
+        shutil.rmtree(WORK / "stage1-checkpoints", ignore_errors=True)
+        info["stage1"] = stage1(backbone, root, args, stage1_dir)
+        base = {"model": str(args.model), "fingerprint": model_fingerprint(backbone)}
+        (stage1_dir / "base.json").write_text(json.dumps(base))
+        shutil.rmtree(stage1_combiner, ignore_errors=True)
+    tuned = load_backbone(str(stage1_dir)) if stage1_dir.is_dir() else None
+    if tuned is not None and not args.skip_train and not stage1_combiner.is_dir():
+        info["stage1_combiner"] = stage2(tuned, root, args, stage1_combiner)
+    test = read_cirr(args.data, "test")
+    composers = {
+        "image only": image_only_composer,
+        "text only": text_only_composer,
+        "sum (frozen CLIP)": sum_composer,
+        "Combiner (frozen CLIP)": combiner_composer(str(COMBINER)),
+    }
+    zero_shot = zero_shot_row(backbone)
+    composers["zero-shot (textual inversion)"] = zero_shot
+    results = evaluate(backbone, {k: v for k, v in composers.items() if v is not None}, test)
+    if tuned is not None:
+        stage1_composers = {"sum (stage-1 CLIP)": sum_composer}
+        if stage1_combiner.is_dir():
+            stage1_composers["Combiner (stage-1 CLIP)"] = combiner_composer(str(stage1_combiner))
+        results.update(evaluate(tuned, stage1_composers, test))
+    rows = []
+    order = [
+        "image only",
+        "text only",
+        "sum (frozen CLIP)",
+        "Combiner (frozen CLIP)",
+        "sum (stage-1 CLIP)",
+        "Combiner (stage-1 CLIP)",
+        "zero-shot (textual inversion)",
+    ]
+    for name in order:
+        if name in results:
+            rows.append([name] + [results[name][key] for key in COLUMNS])
+        else:
+            rows.append([name] + ["not available"] + [""] * (len(COLUMNS) - 1))
+    baseline = max(results[k]["R@1"] for k in ("image only", "text only", "sum (frozen CLIP)"))
+    gain = results["Combiner (frozen CLIP)"]["R@1"] - baseline
+    combiner_info = load_combiner(COMBINER).config.training
+    lines = [
+        f"Shapes **test** split (held out; scenes disjoint from training): {len(test.queries)} "
+        f"triplets, gallery of {len(test.gallery)} images, CIRR protocol (reference removed; "
+        "Rs@K within the 5 other images of the reference's set; mean = mean of the 7 metrics). "
+        f"Backbone `{args.model.name}`. All numbers in %.",
+        "",
+        markdown_table(["query", *COLUMNS], rows),
+        "",
+        f"Combiner (frozen CLIP) R@1 minus the best of image-only / text-only / sum: "
+        f"**{gain:+.1f} points** (target: >= +10).",
+        f"Combiner training (stage 2): {combiner_info.get('train_queries')} train triplets, "
+        f"{combiner_info.get('steps')} steps of batch {combiner_info.get('batch_size')}, Adam lr "
+        f"{combiner_info.get('lr')}, best val mean at step {combiner_info.get('best_step')}.",
+    ]
+    if tuned is not None:
+        report = json.loads((stage1_dir / "stage1.json").read_text())
+        lines.append(
+            f"Stage 1: {report['config']['steps']} steps of batch {report['config']['batch_size']}, "
+            f"AdamW lr {report['config']['lr']}, both towers; best val mean "
+            f"{report['best_metrics'].get('mean', float('nan')):.2f} at step {report['best_step']}."
+        )
+    for key, value in info.items():
+        lines.append(f"This run trained `{key}` in {value['seconds']:.0f} s.")
+    if zero_shot is None:
+        lines.append(
+            "Zero-shot row: models/shapes-phi is not shipped yet; rerun this script once it is."
+        )
+    return "\n".join(lines)
+
+
+def _stage1_stale(stage1_dir: Path, backbone) -> bool:
+    """The stage-1 CLIP must be fine-tuned again when the base model's weights changed."""
+    base = stage1_dir / "base.json"
+    if not (stage1_dir / "open_clip_config.json").is_file() or not base.is_file():
+        return True
+    recorded = json.loads(base.read_text())["fingerprint"]
+    return not np.allclose(recorded, model_fingerprint(backbone), atol=5e-3)
+
+
+def _stale(combiner_dir: Path, backbone) -> bool:
+    """A shipped Combiner trained on other backbone weights must be retrained."""
+    config = load_combiner(combiner_dir).config
+    return config.dim != backbone.dim or not np.allclose(
+        config.model_fingerprint, model_fingerprint(backbone), atol=5e-3
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Zero-shot composed retrieval (textual inversion) on the Shapes world.
+
+phi is trained ONLY on the unlabeled images of the Shapes train split (no caption, no triplet is
+read), then the Shapes test triplets are ranked over the whole test gallery (reference removed,
+CIRR protocol) with image-only, text-only, sum, zero-shot and, when shipped, the supervised Combiner.
+
+    python -m bench.inversion_benchmark                  # train phi, evaluate, ship models/shapes-phi
+    python -m bench.inversion_benchmark --phi models/shapes-phi   # evaluate a trained phi only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.report import markdown_table, write_section
+from retrieval import inversion, shapes
+from retrieval.backbone import load_backbone
+from retrieval.config import ROOT
+from retrieval.datasets import read_cirr, split_features
+from retrieval.evaluation import evaluate_split
+from retrieval.search import image_only_composer, sum_composer, text_only_composer
+
+DATA = ROOT / "data" / "shapes"
+MODEL = ROOT / "models" / "shapes-clip-tiny"
+COMBINER = ROOT / "models" / "shapes-combiner"
+OUT = ROOT / "models" / "shapes-phi"
+COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "mean")
+
+
+def train_images(data: Path, count: int, seed: int) -> list:
+    """Unlabeled train-split images: the rendered train split's files when the dataset has them
+    (its image list only, its triplets are never read), else `count` freshly rendered train scenes."""
+    listing = data / "image_splits" / "split.rc2.train.json"
+    if listing.is_file():
+        return [(data / rel).resolve() for rel in json.loads(listing.read_text()).values()]
+    rng = np.random.default_rng([seed, 2024])
+    scenes = [shapes.random_scene(rng, "train") for _ in range(count)]
+    return [shapes.render(scene, int(rng.integers(2**31)))[0] for scene in scenes]
+
+
+def embed_images(backbone, images: list, batch: int = 256) -> torch.Tensor:
+    chunks = [backbone.encode_images(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return torch.from_numpy(np.concatenate(chunks))
+
+
+def combiner_composer():
+    """The supervised Combiner shipped for Shapes, when there is one."""
+    if not (COMBINER / "combiner_config.json").is_file():
+        return None
+    from retrieval.combiner import combiner_composer as load
+
+    return load(str(COMBINER))
+
+
+def train(backbone, train_features: torch.Tensor, args) -> tuple[inversion.Phi, dict]:
+    concepts = inversion.read_concepts(args.concepts)
+    cfg = inversion.phi_train_config(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        extra={"data": "Shapes train split images, unlabeled"},
+    )
+    started = time.perf_counter()
+    if args.method == "oti":
+        oti = inversion.OTIOptions(steps=args.oti_steps, batch_size=args.batch_size, seed=args.seed)
+        tokens, _ = inversion.invert_images(backbone, train_features, oti, concepts)
+        phi, losses = inversion.distill_phi(
+            backbone,
+            train_features,
+            tokens,
+            cfg,
+            reg_weight=args.reg_weight,
+            concepts=concepts,
+            template=args.template,
+        )
+    else:
+        phi, losses = inversion.train_phi(
+            backbone,
+            train_features,
+            cfg,
+            reg_weight=args.reg_weight,
+            concepts=concepts,
+            template=args.template,
+        )
+    return phi, {
+        "seconds": time.perf_counter() - started,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+    }
+
+
+PROMPT_CANDIDATES = (
+    inversion.DEFAULT_TEMPLATE,
+    "a picture of $ and {caption}",
+    "$ {caption}",
+)
+
+
+IMAGE_WEIGHTS = (0.0, 0.5, 1.0)
+
+
+def pick_prompt(backbone, phi, val, val_features) -> tuple[str, float, list[list]]:
+    """Prompt and image weight of the composer, chosen on the VAL split (never on test)."""
+    rows, best = [], (-1.0, inversion.DEFAULT_TEMPLATE, 0.0)
+    for template in PROMPT_CANDIDATES:
+        for weight in IMAGE_WEIGHTS:
+            composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
+            metrics = evaluate_split(val, backbone, composer, val_features, progress=False).metrics
+            rows.append(
+                [
+                    f"`{template}`",
+                    weight,
+                    metrics["R@1"],
+                    metrics["R@5"],
+                    metrics["R@10"],
+                    metrics["mean"],
+                ]
+            )
+            best = max(best, (metrics["mean"], template, weight))
+    return best[1], best[2], rows
+
+
+def model_card(phi, info: dict, rows: list[list], args) -> str:
+    return (
+        "# shapes-phi: textual inversion for the Shapes world\n\n"
+        "phi maps a `models/shapes-clip-tiny` image feature to a pseudo-word for the prompt "
+        f"`{phi.config.template}` (zero-shot composed retrieval, SEARLE-style); the query adds "
+        f"{phi.config.image_weight:g} x the reference image feature (`image_weight` in phi_config.json).\n"
+        f"Trained only on {info.get('train_images', '?')} unlabeled Shapes train-split images "
+        "(no captions, no triplets); prompt and image weight were picked on the val split.\n\n"
+        "Reproduce: `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
+        "data/shapes --split test --model models/shapes-clip-tiny --phi models/shapes-phi`.\n\n"
+        "Shapes test split:\n\n" + markdown_table(["query", *COLUMNS], rows) + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--model", default=str(MODEL))
+    parser.add_argument("--phi", help="evaluate this trained phi instead of training one")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--method", choices=("contrastive", "oti"), default="contrastive")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--reg-weight", type=float, default=0.1)
+    parser.add_argument("--oti-steps", type=int, default=350)
+    parser.add_argument(
+        "--concepts", default="shapes", help="regulariser words (tagging vocabulary)"
+    )
+    parser.add_argument("--template", default=inversion.DEFAULT_TEMPLATE)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=4000,
+        help="train scenes to render when the dataset has no train split on disk",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-report", action="store_true", help="print only, leave BENCHMARKS.md alone"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    backbone = load_backbone(args.model)
+    test, val = read_cirr(args.data, "test"), read_cirr(args.data, "val")
+    features = split_features(test, backbone, cache=False, progress=False)
+    val_features = split_features(val, backbone, cache=False, progress=False)
+
+    if args.phi:
+        phi, info = inversion.load_phi(args.phi, device=backbone.device), {}
+    else:
+        images = train_images(args.data, args.train_images, args.seed)
+        phi, info = train(backbone, embed_images(backbone, images), args)
+        info["train_images"] = len(images)
+    image_only_val = evaluate_split(
+        val, backbone, image_only_composer, val_features, progress=False
+    ).metrics
+    phi.config.template, phi.config.image_weight, prompt_rows = pick_prompt(
+        backbone, phi, val, val_features
+    )
+    prompt_rows.append(
+        [
+            "image only (reference)",
+            "-",
+            *(image_only_val[k] for k in ("R@1", "R@5", "R@10", "mean")),
+        ]
+    )
+
+    composers = {
+        "image only": image_only_composer,
+        "text only": text_only_composer,
+        "sum": sum_composer,
+        "zero-shot, pure (phi prompt only)": inversion.zero_shot_composer(phi, image_weight=0.0),
+        f"zero-shot + image (weight {phi.config.image_weight:g}, shipped)": inversion.zero_shot_composer(
+            phi
+        ),
+    }
+    combiner = combiner_composer()
+    if combiner is not None:
+        composers["Combiner (supervised on triplets)"] = combiner
+    rows = []
+    for name, composer in composers.items():
+        metrics = evaluate_split(test, backbone, composer, features, progress=False).metrics
+        rows.append([name] + [metrics[key] for key in COLUMNS])
+        print(name, {key: round(value, 2) for key, value in metrics.items()})
+    if not args.phi:
+        inversion.save_phi(phi, args.out)
+        (args.out / "README.md").write_text(model_card(phi, info, rows, args))
+
+    training = phi.config.training
+    trained = (
+        f"phi trained on {info['train_images']} unlabeled train-split images only (no caption or "
+        f"triplet read), {training.get('steps')} steps of batch {training.get('batch_size')}, "
+        f"regulariser words `{args.concepts}`: {info['seconds']:.0f} s, loss "
+        f"{info['first_loss']:.3f} -> {info['final_loss']:.3f}."
+        if info
+        else f"phi loaded from `{args.phi}`."
+    )
+    body = [
+        f"Shapes test split: {len(test.queries)} triplets ranked over {len(test.gallery)} images "
+        f"(reference removed), backbone `{Path(args.model).name}`, metrics in %. {trained}",
+        f"Composed-query prompt `{phi.config.template}` and image weight {phi.config.image_weight:g} "
+        f"(query = normalise(prompt feature + weight * reference feature)), picked on the val split "
+        f"({len(val.queries)} triplets) among the candidates below; 'pure' is SEARLE's query (weight 0).",
+        "",
+        markdown_table(["query", *COLUMNS], rows),
+        "",
+        "Prompt and image-weight choice (val split):",
+        "",
+        markdown_table(["prompt", "image weight", "R@1", "R@5", "R@10", "mean"], prompt_rows),
+    ]
+    if not args.no_report:
+        title = "Zero-shot composed retrieval (textual inversion) on Shapes"
+        write_section("inversion", title, "\n".join(body))
+    print("\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

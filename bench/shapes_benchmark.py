@@ -1,0 +1,201 @@
+"""Shapes world benchmark: how well the shipped ShapesCLIP-Tiny retrieves held-out test scenes.
+
+    python bench/shapes_benchmark.py [--model models/shapes-clip-tiny] [--data data/shapes]
+
+Measures on the test split (gallery of >= 1,000 images, scenes never seen in training):
+text->image R@1/5/10 (canonical descriptions and paraphrased captions), image->image
+"same description, different rendering" R@1, and composed retrieval R@1/5/10 (+ CIRR subset R@1)
+for the training-free baselines image-only, text-only and normalised sum. Writes its section
+of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.report import markdown_table, write_section  # noqa: E402
+from retrieval import shapes  # noqa: E402
+from retrieval.backbone import load_backbone  # noqa: E402
+from retrieval.config import SHAPES_MODEL_DIR  # noqa: E402
+from retrieval.training import recall_at_k  # noqa: E402
+
+KS = (1, 5, 10)
+RERENDER_SEED = 1_000_003
+
+
+def encode_texts(backbone, texts: list[str], chunk: int = 256) -> torch.Tensor:
+    return torch.cat(
+        [
+            torch.from_numpy(backbone.encode_texts(texts[i : i + chunk]))
+            for i in range(0, len(texts), chunk)
+        ]
+    )
+
+
+def encode_images(backbone, sources: list, chunk: int = 128) -> torch.Tensor:
+    return torch.cat(
+        [
+            torch.from_numpy(backbone.encode_images(sources[i : i + chunk]))
+            for i in range(0, len(sources), chunk)
+        ]
+    )
+
+
+def scene_of(row: dict) -> shapes.Scene:
+    objects = json.loads(row["objects"])
+    return shapes.make_scene(
+        shapes.ShapeObject(o["position"], o["shape"], o["colour"], o["size"]) for o in objects
+    )
+
+
+def subset_recall_at_1(scores: torch.Tensor, rows: list[dict], position: dict[str, int]) -> float:
+    """CIRR Recall_subset@1: rank only the set's members other than the reference."""
+    hits = 0
+    for query, row in enumerate(rows):
+        members = [m for m in row["img_set"]["members"] if m != row["reference"]]
+        best = max(members, key=lambda name: float(scores[query, position[name]]))
+        hits += best == row["target_hard"]
+    return hits / len(rows)
+
+
+def composed_metrics(
+    query: torch.Tensor, gallery: torch.Tensor, rows, position
+) -> dict[str, float]:
+    references = torch.tensor([position[r["reference"]] for r in rows])
+    targets = torch.tensor([position[r["target_hard"]] for r in rows])
+    metrics = recall_at_k(query, gallery, targets, KS, exclude_positions=references)
+    scores = F.normalize(query, dim=-1) @ gallery.T
+    metrics["Rs@1"] = subset_recall_at_1(scores, rows, position)
+    return metrics
+
+
+def run(model: str, data: Path, split: str) -> tuple[str, dict]:
+    torch.manual_seed(0)
+    rows, paths = shapes.read_split(data, split)
+    metadata = {row["id"]: row for row in shapes.read_metadata_rows(data, split)}
+    names = list(paths)
+    position = {name: index for index, name in enumerate(names)}
+    backbone = load_backbone(model, device="cpu")
+    started = time.perf_counter()
+    gallery = encode_images(backbone, [paths[name] for name in names])
+    seconds_gallery = time.perf_counter() - started
+
+    descriptions = [metadata[name]["description"] for name in names]
+    captions = [json.loads(metadata[name]["captions"])[0] for name in names]
+    everyone = torch.arange(len(names))
+    t2i = recall_at_k(encode_texts(backbone, descriptions), gallery, everyone, KS)
+    t2i_captions = recall_at_k(encode_texts(backbone, captions), gallery, everyone, KS)
+    rerendered = [
+        shapes.render(scene_of(metadata[name]), RERENDER_SEED + index)[0]
+        for index, name in enumerate(names)
+    ]
+    i2i = recall_at_k(encode_images(backbone, rerendered), gallery, everyone, KS)
+
+    reference_features = gallery[[position[r["reference"]] for r in rows]]
+    caption_features = encode_texts(backbone, [r["caption"] for r in rows])
+    baselines = {
+        "image only": reference_features,
+        "text only": caption_features,
+        "sum": F.normalize(reference_features + caption_features, dim=-1),
+    }
+    composed = {
+        name: composed_metrics(query, gallery, rows, position) for name, query in baselines.items()
+    }
+    by_kind = defaultdict(list)
+    for index, row in enumerate(rows):
+        by_kind[row.get("edit", "?")].append(index)
+    sum_by_kind = {
+        kind: composed_metrics(baselines["sum"][idx], gallery, [rows[i] for i in idx], position)[
+            "R@1"
+        ]
+        for kind, idx in sorted(by_kind.items())
+    }
+
+    results = {
+        "gallery": len(names),
+        "triplets": len(rows),
+        "t2i": t2i,
+        "t2i_captions": t2i_captions,
+        "i2i": i2i,
+        "composed": composed,
+        "sum_by_kind": sum_by_kind,
+        "images_per_second": len(names) / max(seconds_gallery, 1e-9),
+    }
+    return render_markdown(model, split, results), results
+
+
+def render_markdown(model: str, split: str, results: dict) -> str:
+    n = results["gallery"]
+    training_file = Path(model) / "training.json"
+    lines = [
+        f"Model `{Path(model).relative_to(ROOT) if Path(model).is_relative_to(ROOT) else model}`, "
+        f"{split} split: gallery of {n} images (scenes disjoint from training), {results['triplets']} "
+        f"composed-retrieval triplets. Chance: R@1 = {1 / n:.4f}, R@10 = {10 / n:.4f}; subset Rs@1 = 0.2.",
+        "",
+        markdown_table(
+            ["task", "queries", "R@1", "R@5", "R@10"],
+            [
+                ["text -> image (canonical description)", n, *results["t2i"].values()],
+                ["text -> image (paraphrased caption)", n, *results["t2i_captions"].values()],
+                ["image -> image (same description, new rendering)", n, *results["i2i"].values()],
+            ],
+        ),
+        "",
+        "Composed retrieval (reference removed from its ranking; Rs@1 = CIRR subset recall among the 5 "
+        "other members of the reference's set):",
+        "",
+        markdown_table(
+            ["baseline", "R@1", "R@5", "R@10", "Rs@1"],
+            [[name, *metrics.values()] for name, metrics in results["composed"].items()],
+        ),
+        "",
+        "Sum baseline R@1 by edit kind: "
+        + ", ".join(f"{kind} {value:.3f}" for kind, value in results["sum_by_kind"].items()),
+    ]
+    if training_file.is_file():
+        report = json.loads(training_file.read_text())
+        config = report["config"]
+        lines += [
+            "",
+            f"Training (from scratch, `{report['command']}`): {config['steps']} steps x {config['batch_size']} "
+            f"pairs, {report['seconds']:.0f} s at {report['samples_per_second']:.0f} samples/s on "
+            f"{report['device']} with {report['threads']} thread(s); best validation step {report['best_step']}.",
+        ]
+    lines.append(f"Gallery embedding speed: {results['images_per_second']:.0f} images/s (CPU).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default=str(SHAPES_MODEL_DIR), help="model folder (default: shipped model)"
+    )
+    parser.add_argument(
+        "--data", default=str(ROOT / "data" / "shapes"), help="CIRR-format Shapes folder"
+    )
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    markdown, results = run(args.model, Path(args.data), args.split)
+    print(markdown)
+    if not args.no_write:
+        write_section("shapes", "Shapes world: ShapesCLIP-Tiny retrieval", markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""A real browser (Debian's Chromium through Playwright) against the running app.
+
+Types a text query and sees result images, opens an item, runs a composed search and clicks a
+result to refine it, and visits every tab, saving a screenshot of each under
+artifacts/screenshots/. Uses the shipped Shapes collection when it is there, else a generated one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from retrieval.catalog import Catalog
+from retrieval.config import SHAPES_INDEX_DIR, Settings
+from tests.ui_fixtures import ServedApp, make_catalog
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason="needs /usr/bin/chromium (apt-get install chromium); never skipped in CI",
+    ),
+]
+
+
+def browser_catalog(root: Path, model_dir: Path) -> tuple[Catalog, str]:
+    """(catalog, text query): the shipped Shapes world if it was built, else test scenes."""
+    if (SHAPES_INDEX_DIR / "CURRENT").is_file():
+        catalog = Catalog.from_file()
+        if catalog.status("shapes") is None:
+            return catalog, "a large red circle"
+    return make_catalog(root, model_dir), "a red circle"
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, micro_model_dir):
+    root = tmp_path_factory.mktemp("browser")
+    catalog, query = browser_catalog(root, micro_model_dir)
+    with ServedApp(create_app(catalog, Settings(cache_dir=str(root / "cache")))) as url:
+        yield url, query
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url[0])
+        yield page
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+def open_tab(page, title: str) -> None:
+    page.get_by_role("tab", name=title).click()
+
+
+def gallery_images(page, gallery_id: str):
+    return page.locator(f"#{gallery_id} img")
+
+
+def wait_for_images(page, gallery_id: str) -> int:
+    images = gallery_images(page, gallery_id)
+    images.first.wait_for(state="visible")
+    page.wait_for_function(
+        "id => [...document.querySelectorAll(`#${id} img`)].every(i => i.complete && i.naturalWidth > 0)",
+        arg=gallery_id,
+    )
+    return images.count()
+
+
+def field(elem_id: str) -> str:
+    """JavaScript for a textbox's current value ('' while it is not rendered yet)."""
+    return (
+        f"((document.querySelector('#{elem_id} textarea, #{elem_id} input') || {{}}).value || '')"
+    )
+
+
+def text_of(elem_id: str) -> str:
+    return f"((document.querySelector('#{elem_id}') || {{}}).innerText || '')"
+
+
+def selected_id(page) -> str:
+    return page.locator("#selected-id textarea, #selected-id input").first.input_value()
+
+
+def test_gallery_opens_an_item(page):
+    assert wait_for_images(page, "browse-gallery") > 0
+    shot(page, "1-gallery")
+    gallery_images(page, "browse-gallery").nth(1).click()
+    page.wait_for_function(f"() => {field('selected-id')}.length > 0")
+    page.locator("#detail-panel img").first.wait_for(state="visible")
+    assert "id " in page.locator("#detail-panel").inner_text()
+    shot(page, "2-item-detail")
+
+
+def test_text_search_shows_scored_results(page, app_url):
+    open_tab(page, "Text search")
+    page.locator("#text-query textarea").fill(app_url[1])
+    page.locator("#text-search").click()
+    assert wait_for_images(page, "text-results") > 0
+    captions = page.locator("#text-results").inner_text()
+    assert re.search(r"-?\d\.\d{3} · ", captions)
+    gallery_images(page, "text-results").first.click()
+    page.wait_for_function(f"() => {field('selected-id')}.length > 0")
+    shot(page, "3-text-search")
+
+
+def test_composed_search_and_refinement(page):
+    page.locator("#use-as-reference").click()
+    reference = page.locator("#ref-item textarea, #ref-item input").first
+    page.wait_for_function(f"() => {field('ref-item')}.length > 0")
+    first_reference = reference.input_value()
+    page.locator("#ref-text textarea").fill("make it blue")
+    page.locator("#composed-search").click()
+    assert wait_for_images(page, "composed-results") > 0
+    page.wait_for_function(f"() => {text_of('breadcrumbs')}.includes('make it blue')")
+    shot(page, "4-composed-search")
+    gallery_images(page, "composed-results").first.click()
+    page.wait_for_function(f"old => {field('ref-item')} !== old", arg=first_reference)
+    page.wait_for_function(f"() => {text_of('breadcrumbs')}.includes('→')")
+    page.locator("#ref-text textarea").fill("make it smaller")
+    page.locator("#composed-search").click()
+    page.wait_for_function(
+        f"() => ({text_of('breadcrumbs')}.match(/→/g) || []).length == 1"
+        f" && {text_of('breadcrumbs')}.includes('make it smaller')"
+    )
+    wait_for_images(page, "composed-results")
+    shot(page, "5-composed-refined")
+
+
+def test_find_similar_tagging_and_explain_tabs(page):
+    item_id = selected_id(page)
+    assert item_id
+    page.locator("#find-similar").click()
+    assert wait_for_images(page, "image-results") > 0
+    shot(page, "6-image-search")
+    open_tab(page, "Tagging")
+    page.locator("#tag-item textarea, #tag-item input").first.fill(item_id)
+    page.locator("#tag-button").click()
+    page.locator("#tag-label").get_by_text(re.compile(r"\d+%")).first.wait_for()
+    shot(page, "7-tagging")
+    open_tab(page, "Explain")
+    page.locator("#explain-item textarea, #explain-item input").first.fill(item_id)
+    page.locator("#explain-text textarea").fill("a circle")
+    page.locator("#explain-button").click()
+    page.locator("#explain-output img").first.wait_for(state="visible")
+    shot(page, "8-explain")
+    open_tab(page, "Your collection")
+    page.get_by_text("Index my collection").wait_for()
+    shot(page, "9-your-collection")
