@@ -34,6 +34,12 @@ CONFIG_FILE = "open_clip_config.json"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
+def display_spec(spec: str) -> str:
+    """A short name for people: a model folder shows as its folder name, not a server path."""
+    path = Path(spec.removeprefix("local-dir:"))
+    return path.name if path.is_dir() else spec
+
+
 def pick_device(device: str | None = None) -> torch.device:
     device = device or get_settings().device
     if device:

@@ -75,18 +75,19 @@ class Filters:
             if not all(word in haystack for word in self.keyword.lower().split()):
                 return False
         if self.tags:
-            item_tags = {str(tag).lower() for tag in _tag_names(item.get("tags"))}
+            item_tags = {str(tag).lower() for tag in tag_names(item.get("tags"))}
             if not {tag.lower() for tag in self.tags} <= item_tags:
                 return False
         return True
 
 
-def _tag_names(tags) -> list[str]:
+def tag_names(tags) -> list[str]:
+    """Tags as stored: a list of names or {tag, score} objects, or a "; "-separated string."""
     if not tags:
         return []
     if isinstance(tags, str):
         return [tag.strip() for tag in tags.split(";") if tag.strip()]
-    return [tag["tag"] if isinstance(tag, dict) else tag for tag in tags]
+    return [tag["tag"] if isinstance(tag, dict) else str(tag) for tag in tags]
 
 
 def item_year(item: dict) -> int | None:

@@ -31,6 +31,7 @@ import torch
 from retrieval.backbone import Backbone
 from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.images import ImageSource
+from retrieval.search import tag_names
 
 VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
 MODES = ("single", "multi")
@@ -325,17 +326,9 @@ def store_tags(index, tagged: list[tuple[str, list[Tag]]], replace: bool = False
     """Write tags into the items' "tags" field (a new index version), for search filters."""
     updates = {}
     for item_id, tags in tagged:
-        existing = [] if replace else _tag_names(index.item(item_id).get("tags"))
+        existing = [] if replace else tag_names(index.item(item_id).get("tags"))
         updates[item_id] = {"tags": list(dict.fromkeys(existing + [tag.tag for tag in tags]))}
     return index.update_metadata(updates)
-
-
-def _tag_names(tags) -> list[str]:
-    if not tags:
-        return []
-    if isinstance(tags, str):
-        return [tag.strip() for tag in tags.split(";") if tag.strip()]
-    return [tag["tag"] if isinstance(tag, dict) else str(tag) for tag in tags]
 
 
 # -- output --------------------------------------------------------------------------------------

@@ -310,3 +310,13 @@ def test_space_binds_every_interface(monkeypatch):
     assert bind_address(Settings())[0] == "127.0.0.1"
     monkeypatch.setenv("SPACE_ID", "org/space")
     assert bind_address(Settings()) == ("0.0.0.0", 7860)
+
+
+def test_item_details_list_tags_from_metadata_strings_and_lists(scenes, monkeypatch):
+    item = scenes.index.item("red-square")
+    monkeypatch.setitem(item, "tags", "red; square; left")  # as a metadata CSV column holds them
+    _, card = logic.item_details(scenes, "red-square")
+    assert "**Tags:** red, square, left" in card
+    monkeypatch.setitem(item, "tags", ["baroque", {"tag": "oil paint", "score": 0.5}])  # as `tag --store` writes
+    _, card = logic.item_details(scenes, "red-square")
+    assert "**Tags:** baroque, oil paint" in card

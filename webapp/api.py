@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from retrieval import __version__
+from retrieval.backbone import display_spec
 from retrieval.catalog import Catalog, Collection
 from retrieval.config import Settings, get_settings
 from retrieval.errors import BadInput, NotFound, RetrievalError, TooLarge
@@ -382,7 +383,7 @@ def _collection_info(request: Request, collection: Collection, uploaded: bool) -
     return {
         **_summary(request, spec),
         "count": len(index),
-        "model": str(index.manifest.get("model_spec", collection.backbone.spec)),
+        "model": display_spec(index.model_spec()),
         "dim": index.dim,
         "index_type": str(index.manifest.get("index_type", "flat")),
         "preprocessing": collection.backbone.preprocessing,

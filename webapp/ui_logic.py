@@ -16,9 +16,10 @@ from types import ModuleType
 
 import numpy as np
 
+from retrieval.backbone import display_spec
 from retrieval.catalog import Catalog, Collection
 from retrieval.errors import BadInput, NotFound
-from retrieval.search import Filters, SearchResult
+from retrieval.search import Filters, SearchResult, tag_names
 
 PAGE_SIZE = 24
 MAX_ARTISTS = 1000
@@ -76,7 +77,7 @@ def collection_summary(collection: Collection) -> str:
     spec, index = collection.spec, collection.index
     methods = ", ".join(collection.searcher.composers)
     text = f"**{html.escape(spec.title or spec.name)}**: {len(index):,} items"
-    text += f" · model `{index.manifest.get('model_spec', '?')}` · composed search: {methods}"
+    text += f" · model `{display_spec(index.model_spec())}` · composed search: {methods}"
     if spec.description:
         text += f"\n\n{html.escape(spec.description)}"
     return text
@@ -177,8 +178,7 @@ def item_details(collection: Collection, item_id: str) -> tuple[str, str]:
         lines.append(html.escape(str(item["description"])))
     tags = item.get("tags")
     if tags:
-        names = [t["tag"] if isinstance(t, dict) else str(t) for t in tags]
-        lines.append("**Tags:** " + html.escape(", ".join(names)))
+        lines.append("**Tags:** " + html.escape(", ".join(tag_names(tags))))
     url = _safe_url(item.get("url"))
     if url:
         lines.append(f"[Source]({html.escape(url, quote=True)})")
