@@ -27,11 +27,16 @@ import numpy as np
 import torch
 
 from bench.report import markdown_table, write_section
-from retrieval.backbone import load_backbone, new_model, save_backbone
+from retrieval.backbone import (
+    fingerprint_matches,
+    load_backbone,
+    model_fingerprint,
+    new_model,
+    save_backbone,
+)
 from retrieval.combiner import (
     combiner_composer,
     load_combiner,
-    model_fingerprint,
     save_combiner,
     stage2_config,
     train_combiner,
@@ -381,15 +386,13 @@ def _stage1_stale(stage1_dir: Path, backbone) -> bool:
     if not (stage1_dir / "open_clip_config.json").is_file() or not base.is_file():
         return True
     recorded = json.loads(base.read_text())["fingerprint"]
-    return not np.allclose(recorded, model_fingerprint(backbone), atol=5e-3)
+    return not fingerprint_matches(recorded, backbone)
 
 
 def _stale(combiner_dir: Path, backbone) -> bool:
     """A shipped Combiner trained on other backbone weights must be retrained."""
     config = load_combiner(combiner_dir).config
-    return config.dim != backbone.dim or not np.allclose(
-        config.model_fingerprint, model_fingerprint(backbone), atol=5e-3
-    )
+    return config.dim != backbone.dim or not fingerprint_matches(config.model_fingerprint, backbone)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def write_section(key: str, title: str, body: str) -> None:
         f"<!-- /bench:{key} -->\n"
     )
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
-    pattern = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S)
+    pattern = re.compile(
+        rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->\n", re.S
+    )
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
     BENCHMARKS.write_text(text)
 

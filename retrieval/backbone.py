@@ -34,6 +34,21 @@ CONFIG_FILE = "open_clip_config.json"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
+FINGERPRINT_PROBE = "a photo of an object"
+
+
+def model_fingerprint(backbone: Backbone) -> list[float]:
+    """A few numbers that differ between models: catches 'same dim, other weights'."""
+    return [round(float(v), 4) for v in backbone.encode_texts([FINGERPRINT_PROBE])[0][:8]]
+
+
+def fingerprint_matches(
+    expected: list[float] | None, backbone: Backbone, atol: float = 5e-3
+) -> bool:
+    """True when no fingerprint was recorded, or the recorded one is this model's."""
+    return not expected or bool(np.allclose(expected, model_fingerprint(backbone), atol=atol))
+
+
 def display_spec(spec: str) -> str:
     """A short name for people: a model folder shows as its folder name, not a server path."""
     path = Path(spec.removeprefix("local-dir:"))

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from retrieval.backbone import fingerprint_matches, model_fingerprint
 from retrieval.cli_common import add_device, add_preprocessing, add_seed
 from retrieval.datasets import (
     FASHIONIQ_CATEGORIES,
@@ -161,12 +162,6 @@ def load_combiner(spec: str | Path, device: str | torch.device | None = None) ->
 # --------------------------------------------------------------------------- search
 
 
-def model_fingerprint(backbone) -> list[float]:
-    from retrieval.index import model_fingerprint as fingerprint
-
-    return fingerprint(backbone)
-
-
 class CombinerComposer:
     """Composer "combiner": `composer(backbone, image_features (B,d), texts) -> (B,d)` normalised."""
 
@@ -185,9 +180,7 @@ class CombinerComposer:
                 f"this Combiner was trained on {trained_on} (features {config.dim}); the model in use "
                 f"embeds into {backbone.dim}: train a Combiner for this model (train-combiner)"
             )
-        if config.model_fingerprint and not np.allclose(
-            config.model_fingerprint, model_fingerprint(backbone), atol=5e-3
-        ):
+        if not fingerprint_matches(config.model_fingerprint, backbone):
             raise IndexMismatch(
                 f"this Combiner was trained on {trained_on}; the model in use ({backbone.spec}) has the "
                 "same dimension but different weights: train a Combiner for it (train-combiner)"

@@ -25,20 +25,14 @@ import faiss
 import numpy as np
 
 from retrieval import __version__
-from retrieval.backbone import Backbone
+from retrieval.backbone import Backbone, fingerprint_matches, model_fingerprint
 from retrieval.collection import Item, scan_folder
 from retrieval.embed import embed_files
 from retrieval.errors import BadInput, IndexMismatch, NotFound
 
 FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
-PROBE_TEXT = "a photo of an object"
 KEEP_VERSIONS = 2
-
-
-def model_fingerprint(backbone: Backbone) -> list[float]:
-    """A few numbers that differ between models: catches 'same dim, other weights'."""
-    return [round(float(v), 4) for v in backbone.encode_texts([PROBE_TEXT])[0][:8]]
 
 
 def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Index | None:
@@ -177,8 +171,7 @@ class Index:
                 f"the index at {self.directory} was built with {built_with}, but the model in use "
                 f"({backbone.spec}) embeds into {backbone.dim} dimensions; rebuild the index or load its model"
             )
-        expected = self.manifest.get("model_fingerprint")
-        if expected and not np.allclose(expected, model_fingerprint(backbone), atol=2e-3):
+        if not fingerprint_matches(self.manifest.get("model_fingerprint"), backbone, atol=2e-3):
             raise IndexMismatch(
                 f"the index at {self.directory} was built with {built_with}; the model in use "
                 f"({backbone.spec}) has the same dimension but different weights"

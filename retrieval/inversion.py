@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from retrieval.backbone import fingerprint_matches, model_fingerprint
 from retrieval.cli_common import add_device, add_preprocessing, add_seed
 from retrieval.errors import BadInput, IndexMismatch, NotFound
 from retrieval.training import TrainConfig, seed_everything, train_loop
@@ -74,12 +75,6 @@ DEFAULT_CONCEPTS = tuple(_CONCEPT_WORDS.split())
 
 
 # --------------------------------------------------------------------------- phi network
-
-
-def model_fingerprint(backbone) -> list[float]:
-    from retrieval.index import model_fingerprint as fingerprint  # lazy: faiss only when needed
-
-    return fingerprint(backbone)
 
 
 @dataclass
@@ -292,9 +287,7 @@ class ZeroShotComposer:
                 f"{config.token_width}); the model in use has features {backbone.dim}, tokens {width}: "
                 "train phi for this model (train-phi)"
             )
-        if config.model_fingerprint and not np.allclose(
-            config.model_fingerprint, model_fingerprint(backbone), atol=5e-3
-        ):
+        if not fingerprint_matches(config.model_fingerprint, backbone):
             raise IndexMismatch(
                 f"phi was trained for {trained_on}; the model in use ({backbone.spec}) has the same "
                 "sizes but different weights: train phi for this model (train-phi)"
