@@ -141,7 +141,8 @@ class Backbone:
 
     def __post_init__(self):
         self.transform = build_transform(self.base_transform, self.preprocessing)
-        self.lock = threading.Lock()  # open_clip models are not re-entrant under hooks
+        # explain holds it: one gradient pass at a time on the shared model
+        self.lock = threading.Lock()
 
     @property
     def dim(self) -> int:

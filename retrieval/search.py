@@ -124,14 +124,18 @@ class Searcher:
         self.composers = {"sum": sum_composer, **self.composers}
 
     # -- query vectors -----------------------------------------------------------------------
-    def text_vector(self, text: str) -> tuple[np.ndarray, list[str]]:
+    def text_notes(self, text: str) -> list[str]:
+        """Checks a query text; the notes tell the user what the model will not see."""
         if not isinstance(text, str) or not text.strip():
             raise BadInput("the text query is empty")
-        notes = []
         if self.backbone.is_truncated(text):
-            notes.append(
+            return [
                 f"the text is longer than the model's {self.backbone.context_length} tokens and was truncated"
-            )
+            ]
+        return []
+
+    def text_vector(self, text: str) -> tuple[np.ndarray, list[str]]:
+        notes = self.text_notes(text)
         return self.backbone.encode_texts([text])[0], notes
 
     def image_vector(self, source: ImageSource) -> np.ndarray:
@@ -175,10 +179,10 @@ class Searcher:
             raise BadInput(
                 f"composed method {method!r} is not available here; choose one of {sorted(self.composers)}"
             )
-        _, notes = self.text_vector(text)
+        notes = self.text_notes(text)  # the composer encodes the text itself
         reference_vector, exclude = self._reference(reference)
         image_features = torch.from_numpy(reference_vector[None]).to(self.backbone.device)
-        with torch.inference_mode(), self.backbone.lock:
+        with torch.inference_mode():  # composers are functional: no lock, no hooks
             query = composer(self.backbone, image_features, [text.strip()])
         return query[0].float().cpu().numpy(), exclude, notes
 

@@ -21,7 +21,7 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -251,7 +251,7 @@ def sample_edit(
     rng: np.random.Generator,
     split: str | None = None,
     kinds=EDIT_KINDS,
-    exclude: set[str] = frozenset(),
+    exclude: Container[str] = frozenset(),
     edits: list[Edit] | None = None,
 ) -> Edit | None:
     """A random edit, kind first (so rare kinds are not drowned by 'add'), target in `split`."""
@@ -515,6 +515,16 @@ def build_split(split: str, sets: int, seed: int = 0) -> SplitData:
     return SplitData(split, images, triplets)
 
 
+class _Union:
+    """Membership in either of two sets, without building their union."""
+
+    def __init__(self, *sets: set[str]):
+        self.sets = sets
+
+    def __contains__(self, item: str) -> bool:
+        return any(item in part for part in self.sets)
+
+
 def _set_edits(
     reference: Scene, rng: np.random.Generator, split: str, used: set[str]
 ) -> list[Edit] | None:
@@ -538,10 +548,11 @@ def _set_edits(
         return None
     kinds = [str(kind) for kind in rng.permutation(feasible)[:SET_VARIANTS]]
     kinds.sort(key=lambda kind: kind != "size")  # the rarest kind first: fail fast
-    claimed = set(used) | {describe(reference)}
+    claimed = {describe(reference)}
+    taken = _Union(used, claimed)  # not set(used) | claimed: copying is quadratic in large splits
     edits = []
     for kind in kinds:
-        edit = sample_edit(reference, rng, split, kinds=(kind,), exclude=claimed, edits=options)
+        edit = sample_edit(reference, rng, split, kinds=(kind,), exclude=taken, edits=options)
         if edit is None:
             return None
         claimed.add(describe(edit.apply(reference)))

@@ -324,7 +324,8 @@ def test_openapi_documents_examples_errors_and_the_key(client):
 
 
 def test_concurrent_requests_share_the_model_and_get_their_own_answers(client):
-    """Many threads at once: each answer equals the one the same request gets alone."""
+    """Many threads at once (text, image and composed, which takes no lock): each answer equals
+    the one the same request gets alone."""
     queries = ["a red circle", "a blue square", "green", "yellow circle"]
     alone = {
         q: client.get("/api/collections/demo/search/text", params={"q": q}).json() for q in queries
@@ -332,6 +333,8 @@ def test_concurrent_requests_share_the_model_and_get_their_own_answers(client):
     reference = client.post(
         "/api/collections/demo/search/image", data={"item_id": "blue-square"}
     ).json()
+    composed_form = {"item_id": "blue-square", "text": "make it red"}
+    composed = client.post("/api/collections/demo/search/composed", data=composed_form).json()
     results, errors = [], []
 
     def worker(number: int):
@@ -342,6 +345,11 @@ def test_concurrent_requests_share_the_model_and_get_their_own_answers(client):
                         "/api/collections/demo/search/image", data={"item_id": "blue-square"}
                     ).json()
                     results.append(got == reference)
+                elif (number + step) % 3 == 1:
+                    got = client.post(
+                        "/api/collections/demo/search/composed", data=composed_form
+                    ).json()
+                    results.append(got == composed)
                 else:
                     q = queries[(number + step) % len(queries)]
                     got = client.get("/api/collections/demo/search/text", params={"q": q}).json()

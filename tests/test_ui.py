@@ -317,6 +317,7 @@ def test_item_details_list_tags_from_metadata_strings_and_lists(scenes, monkeypa
     monkeypatch.setitem(item, "tags", "red; square; left")  # as a metadata CSV column holds them
     _, card = logic.item_details(scenes, "red-square")
     assert "**Tags:** red, square, left" in card
-    monkeypatch.setitem(item, "tags", ["baroque", {"tag": "oil paint", "score": 0.5}])  # as `tag --store` writes
+    # as `tag --store` writes
+    monkeypatch.setitem(item, "tags", ["baroque", {"tag": "oil paint", "score": 0.5}])
     _, card = logic.item_details(scenes, "red-square")
     assert "**Tags:** baroque, oil paint" in card
