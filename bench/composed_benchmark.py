@@ -83,7 +83,7 @@ def training_root(args, sets: int) -> Path:
 
 
 def stage2(backbone, root: Path, args, out: Path, steps: int) -> None:
-    """Train and save a Combiner; its config records the data, the recipe and the seconds it took."""
+    """Train and save a Combiner; its config records the data, the recipe and the time it took."""
     train, val = read_cirr(root, "train"), read_cirr(root, "val")
     cfg = stage2_config(
         steps=steps,
@@ -95,15 +95,12 @@ def stage2(backbone, root: Path, args, out: Path, steps: int) -> None:
         extra={"dataset": "shapes", "train_sets": root.name},
     )
     shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a fresh run, not a resumed one
-    started = time.perf_counter()
     combiner, _ = train_combiner(backbone, [train], cfg, [val], "cirr", progress=args.progress)
-    combiner.config.training["seconds"] = round(time.perf_counter() - started)
-    combiner.config.training["threads"] = torch.get_num_threads()
     save_combiner(combiner, out)
 
 
 def stage1(backbone, root: Path, args, out: Path) -> None:
-    """Fine-tune CLIP with the sum objective (both towers); stage1.json records the seconds it took."""
+    """Fine-tune CLIP with the sum objective (both towers); stage1.json records the time it took."""
     train, val = read_cirr(root, "train"), read_cirr(root, "val")
     cfg = TrainConfig.composed_defaults(
         steps=args.stage1_steps,
@@ -114,12 +111,7 @@ def stage1(backbone, root: Path, args, out: Path) -> None:
         out_dir=str(WORK / "stage1-checkpoints"),
         extra={"dataset": "shapes", "train_sets": root.name},
     )
-    started = time.perf_counter()
     train_stage1(backbone, [train], cfg, out, [val], "cirr", progress=args.progress)
-    report = json.loads((out / "stage1.json").read_text())
-    report["seconds"] = round(time.perf_counter() - started)
-    report["threads"] = torch.get_num_threads()
-    (out / "stage1.json").write_text(json.dumps(report, indent=2))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -330,14 +322,14 @@ def train_missing(args, backbone, stage1_dir: Path, stage1_combiner: Path) -> No
     trained = (COMBINER / "combiner_config.json").is_file()
     if wants(args, "frozen") or not trained or _stale(COMBINER, backbone):
         stage2(backbone, training_root(args, args.train_sets), args, COMBINER, args.combiner_steps)
-    root = training_root(args, args.stage1_train_sets)
     if wants(args, "stage1") or _stage1_stale(stage1_dir, backbone):
         shutil.rmtree(WORK / "stage1-checkpoints", ignore_errors=True)
-        stage1(backbone, root, args, stage1_dir)
+        stage1(backbone, training_root(args, args.stage1_train_sets), args, stage1_dir)
         base = {"model": str(args.model), "fingerprint": model_fingerprint(backbone)}
         (stage1_dir / "base.json").write_text(json.dumps(base))
         shutil.rmtree(stage1_combiner, ignore_errors=True)
     if stage1_dir.is_dir() and not stage1_combiner.is_dir():
+        root = training_root(args, args.stage1_train_sets)
         tuned = load_backbone(str(stage1_dir))
         stage2(tuned, root, args, stage1_combiner, args.stage1_combiner_steps)
 
@@ -418,13 +410,17 @@ def gain_lines(results: dict, baseline: float) -> list[str]:
     return lines
 
 
+def time_taken(record: dict) -> str:
+    """' N s on DEVICE with T thread(s)', from what the training functions save."""
+    return (
+        f" {record['seconds']:.0f} s on {record.get('device', 'cpu')} with "
+        f"{record.get('threads', '?')} thread(s)"
+    )
+
+
 def combiner_line(label: str, directory: Path) -> str:
     info = load_combiner(directory).config.training
-    took = (
-        f", trained in {info['seconds']} s on {info.get('threads', '?')} CPU threads"
-        if "seconds" in info
-        else ""
-    )
+    took = ", trained in" + time_taken(info) if "seconds" in info else ""
     return (
         f"Combiner on the {label} (stage 2): {info.get('train_queries')} train triplets, "
         f"{info.get('steps')} steps of batch {info.get('batch_size')}, Adam lr {info.get('lr')}, "
@@ -435,11 +431,7 @@ def combiner_line(label: str, directory: Path) -> str:
 def stage1_lines(stage1_dir: Path, stage1_combiner: Path) -> list[str]:
     report = json.loads((stage1_dir / "stage1.json").read_text())
     config = report["config"]
-    took = (
-        f", {report['seconds']} s on {report.get('threads', '?')} CPU threads"
-        if "seconds" in report
-        else ""
-    )
+    took = "," + time_taken(report) if "seconds" in report else ""
     lines = [
         f"Stage 1: {config['steps']} steps of batch {config['batch_size']}, AdamW lr "
         f"{config['lr']}, towers {config['towers']}; best val mean "

@@ -51,6 +51,7 @@ from retrieval.training import (
     composed_loss,
     load_checkpoint,
     resolve_device,
+    run_record,
     train_composed,
     train_loop,
 )
@@ -389,6 +390,7 @@ def train_combiner(
         "best_metrics": result.best_metrics,
         "train_queries": len(data),
         "train_splits": [split.name for split in train_splits],
+        **run_record(result, device),
         **cfg.extra,
     }
     return model.cpu().eval(), result
@@ -508,6 +510,7 @@ def train_stage1(
                 "best_step": result.best_step,
                 "best_metrics": result.best_metrics,
                 "history": result.history,
+                **run_record(result, tuned.device),
                 "config": asdict(cfg),
             },
             indent=2,

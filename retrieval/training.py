@@ -111,6 +111,16 @@ class TrainResult:
     samples_per_second: float
 
 
+def run_record(result: TrainResult, device) -> dict:
+    """How long a training loop took and where; saved beside what it trained, so reports need no timer."""
+    return {
+        "seconds": round(result.seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -821,10 +831,7 @@ def train_clip_command(args) -> dict:
         "best_step": result.best_step,
         "best_metrics": result.best_metrics,
         "history": result.history,
-        "seconds": round(result.seconds, 1),
-        "samples_per_second": round(result.samples_per_second, 1),
-        "threads": torch.get_num_threads(),
-        "device": str(resolve_device(cfg.device)),
+        **run_record(result, resolve_device(cfg.device)),
         "torch": torch.__version__,
         "fp16_weights": bool(args.fp16),
     }

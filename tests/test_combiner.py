@@ -162,6 +162,9 @@ def test_train_combiner_command_selects_best_and_resumes(tmp_path, micro_model_d
     assert (
         config["training"]["best_step"] == best["step"] and config["training"]["protocol"] == "cirr"
     )
+    assert config["training"]["device"] == "cpu" and isinstance(
+        config["training"]["seconds"], float
+    )
     combiner = load_combiner(out)
     assert combiner.config.model_spec == str(micro_model_dir)
     resumed = args[:-2] + [
@@ -231,6 +234,11 @@ def test_train_stage1_writes_a_loadable_backbone(tmp_path, micro_model_dir):
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))  # it was trained
     report = json.loads((out / "stage1.json").read_text())
     assert report["best_step"] == 2 and "mean" in report["best_metrics"]
+    assert (
+        isinstance(report["seconds"], float)
+        and report["threads"] >= 1
+        and report["device"] == "cpu"
+    )
     # the shared, cached base model was not modified by fine-tuning
     assert torch.allclose(
         torch.from_numpy(base.encode_texts(["make it a red circle"])), torch.from_numpy(before)
