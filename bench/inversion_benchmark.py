@@ -24,7 +24,7 @@ from retrieval import inversion, shapes
 from retrieval.backbone import load_backbone
 from retrieval.config import ROOT
 from retrieval.datasets import ComposedSplit, read_cirr, split_features
-from retrieval.evaluation import evaluate_split
+from retrieval.evaluation import evaluate_split, paired_bootstrap
 from retrieval.search import image_only_composer, sum_composer, text_only_composer
 
 DATA = ROOT / "data" / "shapes"
@@ -59,18 +59,18 @@ def combiner_composer():
     return load(str(COMBINER))
 
 
-def train(backbone, train_features: torch.Tensor, args) -> tuple[inversion.Phi, dict]:
+def train(backbone, train_features: torch.Tensor, args, seed: int) -> tuple[inversion.Phi, dict]:
     concepts = inversion.read_concepts(args.concepts)
     cfg = inversion.phi_train_config(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        seed=args.seed,
+        seed=seed,
         extra={"data": "Shapes train split images, unlabeled"},
     )
     started = time.perf_counter()
     if args.method == "oti":
-        oti = inversion.OTIOptions(steps=args.oti_steps, batch_size=args.batch_size, seed=args.seed)
+        oti = inversion.OTIOptions(steps=args.oti_steps, batch_size=args.batch_size, seed=seed)
         tokens, _ = inversion.invert_images(backbone, train_features, oti, concepts)
         phi, losses = inversion.distill_phi(
             backbone,
@@ -175,6 +175,61 @@ def oracle_rows(backbone, test, features, data: Path) -> list[list]:
     return rows
 
 
+def paired_comparison(test, backbone, features, shipped, data: Path) -> list[str]:
+    """The shipped zero-shot query and the oracle words against image-only, query by query: is the
+    difference larger than what resampling the test queries moves it by? Plus R@1 per edit kind."""
+    oracle = oracle_split(test, data)
+    ranks = {
+        name: evaluate_split(split, backbone, composer, features, progress=False).ranks
+        for name, split, composer in (
+            ("image only", test, image_only_composer),
+            ("zero-shot + image", test, shipped),
+            ("oracle words, text only", oracle, text_only_composer),
+        )
+    }
+    lines = [
+        f"Paired differences against image only over the {len(test.queries)} test queries "
+        "(points; bootstrap 95% interval, 10,000 resamples of the queries):"
+    ]
+    for name in ("zero-shot + image", "oracle words, text only"):
+        parts = []
+        for k in (1, 5, 10):
+            better, base = (ranks[name] < k).float(), (ranks["image only"] < k).float()
+            low, high = (100 * bound for bound in paired_bootstrap(better, base))
+            parts.append(
+                f"R@{k} {100 * float(better.mean() - base.mean()):+.1f} ({low:+.1f} to {high:+.1f})"
+            )
+        lines.append(f"- {name}: " + ", ".join(parts) + ".")
+    captions = json.loads((data / "captions" / "cap.rc2.test.json").read_text())
+    kinds = [row.get("edit", "?") for row in captions]
+    by_kind = []
+    for kind in sorted(set(kinds)):
+        rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+        image, zero_shot = (
+            100 * float((ranks[n][rows] < 1).float().mean())
+            for n in ("image only", "zero-shot + image")
+        )
+        by_kind.append(f"{kind} {image:.1f} vs {zero_shot:.1f}")
+    lines += ["", "R@1 by edit kind, image only vs zero-shot + image: " + ", ".join(by_kind) + "."]
+    return lines
+
+
+def other_seeds(backbone, train_features, args, template, weight, test, features) -> list[list]:
+    """phi retrained with other seeds (same recipe, prompt and weight): the spread of one training."""
+    results = []
+    for seed in args.extra_seeds:
+        phi, _ = train(backbone, train_features, args, seed)
+        composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
+        results.append(evaluate_split(test, backbone, composer, features, progress=False).metrics)
+    if not results:
+        return []
+    seeds = ", ".join(str(seed) for seed in args.extra_seeds)
+    return [
+        [f"zero-shot + image, phi seeds {seeds} (mean)"]
+        + [float(np.mean([m[k] for m in results])) for k in COLUMNS]
+    ]
+
+
 def model_card(phi, info: dict, rows: list[list], args) -> str:
     return (
         "# shapes-phi: textual inversion for the Shapes world\n\n"
@@ -205,7 +260,14 @@ def main() -> None:
         "--concepts", default="shapes", help="regulariser words (tagging vocabulary)"
     )
     parser.add_argument("--template", default=inversion.DEFAULT_TEMPLATE)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shipped phi")
+    parser.add_argument(
+        "--extra-seeds",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="also train phi with these seeds and report their mean (not shipped)",
+    )
     parser.add_argument(
         "--train-images",
         type=int,
@@ -229,7 +291,8 @@ def main() -> None:
         phi, info = inversion.load_phi(args.phi, device=backbone.device), {}
     else:
         images = train_images(args.data, args.train_images, args.seed)
-        phi, info = train(backbone, embed_images(backbone, images), args)
+        train_features = embed_images(backbone, images)
+        phi, info = train(backbone, train_features, args, args.seed)
         info["train_images"] = len(images)
     image_only_val = evaluate_split(
         val, backbone, image_only_composer, val_features, progress=False
@@ -262,7 +325,20 @@ def main() -> None:
         metrics = evaluate_split(test, backbone, composer, features, progress=False).metrics
         rows.append([name] + [metrics[key] for key in COLUMNS])
         print(name, {key: round(value, 2) for key, value in metrics.items()})
+    if not args.phi:
+        rows += other_seeds(
+            backbone,
+            train_features,
+            args,
+            phi.config.template,
+            phi.config.image_weight,
+            test,
+            features,
+        )
     rows += oracle_rows(backbone, test, features, args.data)
+    comparison = paired_comparison(
+        test, backbone, features, inversion.zero_shot_composer(phi), args.data
+    )
     if not args.phi:
         inversion.save_phi(phi, args.out)
         (args.out / "README.md").write_text(model_card(phi, info, rows, args))
@@ -271,8 +347,9 @@ def main() -> None:
     trained = (
         f"phi trained on {info['train_images']} unlabeled train-split images only (no caption or "
         f"triplet read), {training.get('steps')} steps of batch {training.get('batch_size')}, "
-        f"regulariser words `{args.concepts}`: {info['seconds']:.0f} s, loss "
-        f"{info['first_loss']:.3f} -> {info['final_loss']:.3f}."
+        f"regulariser words `{args.concepts}`, {len(phi.config.train_prompts)} train prompts "
+        f"(one drawn per image and step: the regulariser's phrases with $): {info['seconds']:.0f} s, "
+        f"loss {info['first_loss']:.3f} -> {info['final_loss']:.3f}."
         if info
         else f"phi loaded from `{args.phi}`."
     )
@@ -288,6 +365,8 @@ def main() -> None:
         "with this backbone.",
         "",
         markdown_table(["query", *COLUMNS], rows),
+        "",
+        *comparison,
         "",
         "Prompt and image-weight choice (selection split):",
         "",

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -53,6 +54,25 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     columns = torch.arange(scores.shape[1], device=scores.device)[None, :]
     ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets[:, None]))
     return ahead.sum(dim=1)
+
+
+def paired_bootstrap(
+    method: torch.Tensor, baseline: torch.Tensor, rounds: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of mean(method - baseline) over the same queries (e.g. hit@1 as 0/1), resampled
+    with replacement: whether a gain is larger than what the choice of test queries moves it by."""
+    difference = (torch.as_tensor(method).float() - torch.as_tensor(baseline).float()).numpy()
+    if difference.size == 0:
+        raise BadInput("no queries to compare")
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [
+            difference[rng.integers(0, difference.size, (1000, difference.size))].mean(axis=1)
+            for _ in range(max(1, rounds // 1000))
+        ]
+    )
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def ranked_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -118,6 +138,9 @@ class SplitResult:
     split: ComposedSplit
     metrics: dict[str, float] = field(default_factory=dict)
     submissions: dict[str, dict] = field(default_factory=dict)  # file name -> JSON content
+    ranks: torch.Tensor | None = (
+        None  # labelled splits: each query's target rank (0 = first), for paired tests
+    )
 
 
 @torch.no_grad()
@@ -208,7 +231,8 @@ def evaluate_split(
                     scores[offset], members
                 )
     if split.labelled:
-        result.metrics = _metrics(split, torch.cat(ranks), subset_ranks, top_lists)
+        result.ranks = torch.cat(ranks)
+        result.metrics = _metrics(split, result.ranks, subset_ranks, top_lists)
     else:
         result.submissions = _submissions(split, top_lists, result.submissions.get("subset", {}))
     return result

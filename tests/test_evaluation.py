@@ -9,10 +9,12 @@ import torch
 
 from retrieval.cli import main
 from retrieval.datasets import ComposedSplit, Query, read_circo, read_cirr, read_fashioniq
+from retrieval.errors import BadInput
 from retrieval.evaluation import (
     average_precision_at_k,
     evaluate_split,
     map_at_k,
+    paired_bootstrap,
     ranked_positions,
     recall_at_k,
     subset_rank,
@@ -114,10 +116,12 @@ def test_cirr_protocol_removes_the_reference_and_ranks_the_subset():
     rows = [[1, 0, 0], [0.2, 1, 0], [0.6, 0.8, 0], [0, 0, 1], [0.9, 0.1, 0]]
     query = Query("7", "a", ["x"], targets=["c"], members=["a", "b", "c", "d"])
     split = _one_hot_split("cirr", True, [query], gallery)
-    metrics = evaluate_split(
+    result = evaluate_split(
         split, FeatureHolder(), image_only_composer, _features(gallery, rows), progress=False
-    ).metrics
+    )
+    metrics = result.metrics
     assert metrics["R@1"] == 0 and metrics["R@5"] == 100  # c is second after e (a removed)
+    assert result.ranks.tolist() == [1]  # kept per query, for paired comparisons
     assert metrics["Rs@1"] == 100  # among b, c, d the target c comes first
     assert metrics["mean"] == pytest.approx((0 + 100 + 100 + 100 + 100 + 100 + 100) / 7)
     assert metrics["avg"] == pytest.approx((100 + 100) / 2)
@@ -327,3 +331,16 @@ def test_eval_combiner_method_needs_weights(tmp_path, micro_model_dir, capsys):
         == 1
     )
     assert "--combiner" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_interval_brackets_the_gain():
+    same = torch.tensor([1, 0, 1, 0] * 50)
+    assert paired_bootstrap(same, same) == (0.0, 0.0)
+    assert paired_bootstrap(torch.ones(200), torch.zeros(200)) == (1.0, 1.0)
+    # the method wins 30 queries and loses 10 of 400: gain 0.05, interval around it, above zero
+    method, base = torch.zeros(400), torch.zeros(400)
+    method[:30], base[30:40] = 1, 1
+    low, high = paired_bootstrap(method, base)
+    assert 0 < low < 0.05 < high < 0.1
+    with pytest.raises(BadInput):
+        paired_bootstrap(torch.zeros(0), torch.zeros(0))

@@ -134,6 +134,45 @@ def test_contrastive_training_lowers_the_loss(micro_backbone):
     assert phi.config.training["method"] == "contrastive"
 
 
+def test_phi_is_trained_in_every_train_prompt(micro_backbone, monkeypatch):
+    """Each step draws a train prompt per image, so the pseudo-word sees all its contexts."""
+    seen = []
+    encode = inversion.encode_prompts
+
+    def spy(backbone, prompts, tokens, placeholder="$"):
+        seen.extend(prompts)
+        return encode(backbone, prompts, tokens, placeholder)
+
+    monkeypatch.setattr(inversion, "encode_prompts", spy)
+    prompts = ["a photo of $", "there is $ here", "$ on a wall"]
+    cfg = phi_train_config(steps=6, batch_size=8, validate_every=3)
+    phi, _ = train_phi(
+        micro_backbone,
+        random_features(16, micro_backbone.dim),
+        cfg,
+        reg_weight=0.0,
+        train_prompts=prompts,
+        progress=False,
+    )
+    assert set(seen) == set(prompts) and len(seen) == 6 * 8
+    assert phi.config.train_prompts == prompts
+    assert new_phi(micro_backbone).config.train_prompts == inversion.default_train_prompts()
+    with pytest.raises(BadInput, match="placeholder"):
+        train_phi(
+            micro_backbone, random_features(4, micro_backbone.dim), cfg, train_prompts=["a photo"]
+        )
+
+
+def test_same_seed_same_phi_whatever_ran_before(micro_backbone):
+    features = random_features(16, micro_backbone.dim)
+    cfg = phi_train_config(steps=3, batch_size=8, seed=5)
+    first, _ = train_phi(micro_backbone, features, cfg, concepts=CONCEPTS, progress=False)
+    torch.randn(7)  # anything that draws from the global generator in between
+    second, _ = train_phi(micro_backbone, features, cfg, concepts=CONCEPTS, progress=False)
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_oti_then_distillation_lowers_their_losses(micro_backbone):
     features = random_features(8, micro_backbone.dim, seed=1)
     tokens, curve = invert_images(
@@ -168,6 +207,16 @@ def test_save_and_load_round_trip(micro_backbone, tmp_path):
     features = random_features(3, micro_backbone.dim)
     torch.testing.assert_close(loaded(features), phi(features))
     assert loaded.config.template == phi.config.template
+
+
+def test_a_phi_saved_with_one_train_prompt_still_loads(micro_backbone, tmp_path):
+    save_phi(new_phi(micro_backbone), tmp_path / "phi")
+    path = tmp_path / "phi" / "phi_config.json"
+    config = json.loads(path.read_text())
+    del config["train_prompts"]
+    config["train_prompt"] = "a photo of $"
+    path.write_text(json.dumps(config))
+    assert load_phi(tmp_path / "phi").config.train_prompts == ["a photo of $"]
 
 
 def test_load_errors_are_actionable(tmp_path):
@@ -280,10 +329,14 @@ def test_cli_trains_phi_and_searcher_uses_it(micro_model_dir, micro_backbone, tm
         "6",
         "--device",
         "cpu",
+        "--train-prompts",
+        "a photo of $",
+        "$ in a museum",
     ]
     assert main(arguments) == 0
     composer = zero_shot_composer(str(tmp_path / "phi"))
     assert composer.phi.config.training["images"] == 12
+    assert composer.phi.config.train_prompts == ["a photo of $", "$ in a museum"]
     searcher = Searcher(index, micro_backbone, composers={"zero-shot": composer})
     reference = index.items[0]["id"]
     result = searcher.composed(reference, "is blue", method="zero-shot", k=5)
