@@ -59,7 +59,9 @@ def combiner_composer():
     return load(str(COMBINER))
 
 
-def train(backbone, train_features: torch.Tensor, args, seed: int) -> tuple[inversion.Phi, dict]:
+def train(
+    backbone, train_features: torch.Tensor, args, seed: int, word_tokens: int
+) -> tuple[inversion.Phi, dict]:
     concepts = inversion.read_concepts(args.concepts)
     cfg = inversion.phi_train_config(
         steps=args.steps,
@@ -70,7 +72,9 @@ def train(backbone, train_features: torch.Tensor, args, seed: int) -> tuple[inve
     )
     started = time.perf_counter()
     if args.method == "oti":
-        oti = inversion.OTIOptions(steps=args.oti_steps, batch_size=args.batch_size, seed=seed)
+        oti = inversion.OTIOptions(
+            steps=args.oti_steps, batch_size=args.batch_size, seed=seed, word_tokens=word_tokens
+        )
         tokens, _ = inversion.invert_images(backbone, train_features, oti, concepts)
         phi, losses = inversion.distill_phi(
             backbone,
@@ -89,6 +93,7 @@ def train(backbone, train_features: torch.Tensor, args, seed: int) -> tuple[inve
             reg_weight=args.reg_weight,
             concepts=concepts,
             template=args.template,
+            word_tokens=word_tokens,
         )
     return phi, {
         "seconds": time.perf_counter() - started,
@@ -122,8 +127,8 @@ def selection_split(test) -> ComposedSplit:
 
 
 def oracle_split(split: ComposedSplit, data: Path) -> ComposedSplit:
-    """The reference's true description in place of the pseudo-word: the best any inversion could
-    hand this text encoder (an upper bound for textual inversion, not a method)."""
+    """The reference's true description in place of the pseudo-word: what the scene's own words
+    give this text encoder (a reference point, not a method; several pseudo-tokens can beat it)."""
     words = {row["id"]: row["description"] for row in shapes.read_metadata_rows(data)}
     queries = [
         replace(q, captions=[f"a photo of {words[q.reference]} that {q.captions[0]}"])
@@ -142,56 +147,82 @@ def with_image(weight: float):
     return compose
 
 
-def pick_prompt(backbone, phi, val, val_features) -> tuple[str, float, list[list]]:
-    """Prompt and image weight of the composer, chosen on a val-scene split (never on test)."""
-    rows, best = [], (-1.0, inversion.DEFAULT_TEMPLATE, 0.0)
-    for template in PROMPT_CANDIDATES:
-        for weight in IMAGE_WEIGHTS:
-            composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
-            metrics = evaluate_split(val, backbone, composer, val_features, progress=False).metrics
-            rows.append(
-                [
-                    f"`{template}`",
-                    weight,
-                    metrics["R@1"],
-                    metrics["R@5"],
-                    metrics["R@10"],
-                    metrics["mean"],
-                ]
-            )
-            best = max(best, (metrics["mean"], template, weight))
-    return best[1], best[2], rows
+def pick_prompt(backbone, phis: dict, val, val_features) -> tuple[int, str, float, list[list]]:
+    """Pseudo-word length, prompt and image weight, chosen on a val-scene split (never on test)
+    by the mean of the CIRR metrics."""
+    rows, scored = [], []
+    for word_tokens, phi in phis.items():
+        for template in PROMPT_CANDIDATES:
+            for weight in IMAGE_WEIGHTS:
+                composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
+                metrics = evaluate_split(
+                    val, backbone, composer, val_features, progress=False
+                ).metrics
+                rows.append(
+                    [word_tokens, f"`{template}`", weight]
+                    + [metrics[key] for key in ("R@1", "R@5", "R@10", "mean")]
+                )
+                scored.append((metrics["mean"], word_tokens, template, weight))
+    _, word_tokens, template, weight = max(scored, key=lambda row: row[0])
+    return word_tokens, template, weight, rows
+
+
+def searle_row(backbone, phis: dict, val, val_features) -> dict:
+    """SEARLE as published (one-token pseudo-word), its prompt and weight picked on val the same way."""
+    if 1 not in phis or len(phis) == 1:
+        return {}
+    _, template, weight, _ = pick_prompt(backbone, {1: phis[1]}, val, val_features)
+    composer = inversion.zero_shot_composer(phis[1], template=template, image_weight=weight)
+    return {f"zero-shot, 1-token pseudo-word (SEARLE), image weight {weight:g}": composer}
 
 
 def oracle_rows(backbone, test, features, data: Path) -> list[list]:
     oracle = oracle_split(test, data)
     rows = []
     for name, composer in (
-        ("oracle words, text only (upper bound)", text_only_composer),
-        ("oracle words + image (weight 1, upper bound)", with_image(1.0)),
+        ("oracle words, text only", text_only_composer),
+        ("oracle words + image (weight 1)", with_image(1.0)),
     ):
         metrics = evaluate_split(oracle, backbone, composer, features, progress=False).metrics
         rows.append([name] + [metrics[key] for key in COLUMNS])
     return rows
 
 
-def paired_comparison(test, backbone, features, shipped, data: Path) -> list[str]:
-    """The shipped zero-shot query and the oracle words against image-only, query by query: is the
-    difference larger than what resampling the test queries moves it by? Plus R@1 per edit kind."""
-    oracle = oracle_split(test, data)
-    ranks = {
-        name: evaluate_split(split, backbone, composer, features, progress=False).ranks
-        for name, split, composer in (
-            ("image only", test, image_only_composer),
-            ("zero-shot + image", test, shipped),
-            ("oracle words, text only", oracle, text_only_composer),
+def rerendered_test_splits(test, seeds) -> list[tuple[Path, ComposedSplit]]:
+    """Test-split scenes rendered again with other seeds, as large as the test split: more held-out
+    queries (never trained or selected on), so the paired intervals narrow."""
+    sets = len(test.gallery) // (shapes.SET_VARIANTS + 1 + shapes.TEXT_DISTRACTORS)
+    splits = []
+    for seed in seeds:
+        root = SELECTION / f"test-{sets}-sets-seed{seed}"
+        if not (root / "captions" / "cap.rc2.test.json").is_file():
+            shapes.write_dataset(root, {"test": sets}, seed=seed)
+        splits.append((root, read_cirr(root, "test")))
+    return splits
+
+
+def pooled_ranks(backbone, composers: dict, splits: list[tuple[Path, ComposedSplit]]) -> dict:
+    """Each composer's target ranks over all the splits' queries, in one order (plus oracle words)."""
+    ranks = {name: [] for name in [*composers, ORACLE]}
+    for root, split in splits:
+        features = split_features(split, backbone, cache=False, progress=False)
+        for name, composer in composers.items():
+            ranks[name].append(
+                evaluate_split(split, backbone, composer, features, progress=False).ranks
+            )
+        oracle = evaluate_split(
+            oracle_split(split, root), backbone, text_only_composer, features, progress=False
         )
-    }
-    lines = [
-        f"Paired differences against image only over the {len(test.queries)} test queries "
-        "(points; bootstrap 95% interval, 10,000 resamples of the queries):"
-    ]
-    for name in ("zero-shot + image", "oracle words, text only"):
+        ranks[ORACLE].append(oracle.ranks)
+    return {name: torch.cat(parts) for name, parts in ranks.items()}
+
+
+ORACLE = "oracle words, text only"
+
+
+def paired_lines(ranks: dict, names: list[str]) -> list[str]:
+    lines = []
+    for name in names:
         parts = []
         for k in (1, 5, 10):
             better, base = (ranks[name] < k).float(), (ranks["image only"] < k).float()
@@ -200,32 +231,59 @@ def paired_comparison(test, backbone, features, shipped, data: Path) -> list[str
                 f"R@{k} {100 * float(better.mean() - base.mean()):+.1f} ({low:+.1f} to {high:+.1f})"
             )
         lines.append(f"- {name}: " + ", ".join(parts) + ".")
-    captions = json.loads((data / "captions" / "cap.rc2.test.json").read_text())
+    return lines
+
+
+def paired_comparison(test, backbone, composers: dict, args) -> list[str]:
+    """Zero-shot queries and the oracle words against image-only, query by query: is the difference
+    larger than what resampling the queries moves it by? On the test split, then pooled with
+    re-rendered test scenes; plus R@1 per edit kind on the test split."""
+    composers = {"image only": image_only_composer, **composers}
+    names = [*list(composers)[1:], ORACLE]
+    ranks = pooled_ranks(backbone, composers, [(args.data, test)])
+    lines = [
+        f"Paired differences against image only over the {len(test.queries)} test queries "
+        "(points; bootstrap 95% interval, 10,000 resamples of the queries):",
+        *paired_lines(ranks, names),
+    ]
+    if args.rerendered_test_seeds:
+        splits = rerendered_test_splits(test, args.rerendered_test_seeds)
+        pooled = pooled_ranks(backbone, composers, splits)
+        seeds = ", ".join(map(str, args.rerendered_test_seeds))
+        lines += [
+            "",
+            f"The same on {len(pooled['image only'])} further queries: test-split scenes rendered "
+            f"again with seeds {seeds} (held out like the test split; image only R@1 "
+            f"{100 * float((pooled['image only'] < 1).float().mean()):.1f}):",
+            *paired_lines(pooled, names),
+        ]
+    captions = json.loads((args.data / "captions" / "cap.rc2.test.json").read_text())
     kinds = [row.get("edit", "?") for row in captions]
+    shipped = names[-2]
     by_kind = []
     for kind in sorted(set(kinds)):
         rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
         image, zero_shot = (
-            100 * float((ranks[n][rows] < 1).float().mean())
-            for n in ("image only", "zero-shot + image")
+            100 * float((ranks[n][rows] < 1).float().mean()) for n in ("image only", shipped)
         )
         by_kind.append(f"{kind} {image:.1f} vs {zero_shot:.1f}")
-    lines += ["", "R@1 by edit kind, image only vs zero-shot + image: " + ", ".join(by_kind) + "."]
-    return lines
+    return lines + ["", f"R@1 by edit kind, image only vs {shipped}: " + ", ".join(by_kind) + "."]
 
 
-def other_seeds(backbone, train_features, args, template, weight, test, features) -> list[list]:
+def other_seeds(backbone, train_features, args, shipped, test, features) -> list[list]:
     """phi retrained with other seeds (same recipe, prompt and weight): the spread of one training."""
-    results = []
+    results, config = [], shipped.config
     for seed in args.extra_seeds:
-        phi, _ = train(backbone, train_features, args, seed)
-        composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
+        phi, _ = train(backbone, train_features, args, seed, config.word_tokens)
+        composer = inversion.zero_shot_composer(
+            phi, template=config.template, image_weight=config.image_weight
+        )
         results.append(evaluate_split(test, backbone, composer, features, progress=False).metrics)
     if not results:
         return []
     seeds = ", ".join(str(seed) for seed in args.extra_seeds)
     return [
-        [f"zero-shot + image, phi seeds {seeds} (mean)"]
+        [f"zero-shot as shipped, phi seeds {seeds} (mean)"]
         + [float(np.mean([m[k] for m in results])) for k in COLUMNS]
     ]
 
@@ -233,11 +291,13 @@ def other_seeds(backbone, train_features, args, template, weight, test, features
 def model_card(phi, info: dict, rows: list[list], args) -> str:
     return (
         "# shapes-phi: textual inversion for the Shapes world\n\n"
-        "phi maps a `models/shapes-clip-tiny` image feature to a pseudo-word for the prompt "
+        f"phi maps a `models/shapes-clip-tiny` image feature to a pseudo-word of "
+        f"{phi.config.word_tokens} token(s) for the prompt "
         f"`{phi.config.template}` (zero-shot composed retrieval, SEARLE-style); the query adds "
         f"{phi.config.image_weight:g} x the reference image feature (`image_weight` in phi_config.json).\n"
         f"Trained only on {info.get('train_images', '?')} unlabeled Shapes train-split images "
-        "(no captions, no triplets); prompt and image weight were picked on a test-sized split of val scenes.\n\n"
+        "(no captions, no triplets); pseudo-word length, prompt and image weight were picked on a "
+        "test-sized split of val scenes.\n\n"
         "Reproduce: `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
         "data/shapes --split test --model models/shapes-clip-tiny --phi models/shapes-phi`.\n\n"
         "Shapes test split:\n\n" + markdown_table(["query", *COLUMNS], rows) + "\n"
@@ -262,6 +322,13 @@ def main() -> None:
     parser.add_argument("--template", default=inversion.DEFAULT_TEMPLATE)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shipped phi")
     parser.add_argument(
+        "--word-tokens",
+        type=int,
+        nargs="+",
+        default=[1, 3, 5],
+        help="pseudo-word lengths to train; the selection split picks one (with prompt and weight)",
+    )
+    parser.add_argument(
         "--extra-seeds",
         type=int,
         nargs="*",
@@ -273,6 +340,13 @@ def main() -> None:
         type=int,
         default=4000,
         help="train scenes to render when the dataset has no train split on disk",
+    )
+    parser.add_argument(
+        "--rerendered-test-seeds",
+        type=int,
+        nargs="*",
+        default=[2, 3, 4, 5],
+        help="render the test scenes again with these seeds for pooled paired intervals",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -287,21 +361,28 @@ def main() -> None:
     features = split_features(test, backbone, cache=False, progress=False)
     val_features = split_features(val, backbone, cache=False, progress=False)
 
+    infos = {}
     if args.phi:
-        phi, info = inversion.load_phi(args.phi, device=backbone.device), {}
+        loaded = inversion.load_phi(args.phi, device=backbone.device)
+        phis = {loaded.config.word_tokens: loaded}
     else:
         images = train_images(args.data, args.train_images, args.seed)
         train_features = embed_images(backbone, images)
-        phi, info = train(backbone, train_features, args, args.seed)
-        info["train_images"] = len(images)
+        phis = {}
+        for word_tokens in args.word_tokens:
+            phis[word_tokens], infos[word_tokens] = train(
+                backbone, train_features, args, args.seed, word_tokens
+            )
+            infos[word_tokens]["train_images"] = len(images)
     image_only_val = evaluate_split(
         val, backbone, image_only_composer, val_features, progress=False
     ).metrics
-    phi.config.template, phi.config.image_weight, prompt_rows = pick_prompt(
-        backbone, phi, val, val_features
-    )
+    chosen, template, weight, prompt_rows = pick_prompt(backbone, phis, val, val_features)
+    phi, info = phis[chosen], infos.get(chosen, {})
+    phi.config.template, phi.config.image_weight = template, weight
     prompt_rows.append(
         [
+            "-",
             "image only (reference)",
             "-",
             *(image_only_val[k] for k in ("R@1", "R@5", "R@10", "mean")),
@@ -312,9 +393,9 @@ def main() -> None:
         "image only": image_only_composer,
         "text only": text_only_composer,
         "sum": sum_composer,
-        "zero-shot, pure (phi prompt only)": inversion.zero_shot_composer(phi, image_weight=0.0),
-        f"zero-shot + image (weight {phi.config.image_weight:g}, shipped)": inversion.zero_shot_composer(
-            phi
+        **searle_row(backbone, phis, val, val_features),
+        f"zero-shot, {chosen}-token pseudo-word, image weight {weight:g} (shipped)": (
+            inversion.zero_shot_composer(phi)
         ),
     }
     combiner = combiner_composer()
@@ -326,19 +407,10 @@ def main() -> None:
         rows.append([name] + [metrics[key] for key in COLUMNS])
         print(name, {key: round(value, 2) for key, value in metrics.items()})
     if not args.phi:
-        rows += other_seeds(
-            backbone,
-            train_features,
-            args,
-            phi.config.template,
-            phi.config.image_weight,
-            test,
-            features,
-        )
+        rows += other_seeds(backbone, train_features, args, phi, test, features)
     rows += oracle_rows(backbone, test, features, args.data)
-    comparison = paired_comparison(
-        test, backbone, features, inversion.zero_shot_composer(phi), args.data
-    )
+    zero_shot_rows = {k: v for k, v in composers.items() if k.startswith("zero-shot, ")}
+    comparison = paired_comparison(test, backbone, zero_shot_rows, args)
     if not args.phi:
         inversion.save_phi(phi, args.out)
         (args.out / "README.md").write_text(model_card(phi, info, rows, args))
@@ -346,9 +418,11 @@ def main() -> None:
     training = phi.config.training
     trained = (
         f"phi trained on {info['train_images']} unlabeled train-split images only (no caption or "
-        f"triplet read), {training.get('steps')} steps of batch {training.get('batch_size')}, "
+        f"triplet read), once per pseudo-word length ({', '.join(map(str, args.word_tokens))} "
+        f"tokens), each {training.get('steps')} steps of batch {training.get('batch_size')}, "
         f"regulariser words `{args.concepts}`, {len(phi.config.train_prompts)} train prompts "
-        f"(one drawn per image and step: the regulariser's phrases with $): {info['seconds']:.0f} s, "
+        f"(one drawn per image and step: the regulariser's phrases with $); the shipped "
+        f"{phi.config.word_tokens}-token phi: {info['seconds']:.0f} s, "
         f"loss {info['first_loss']:.3f} -> {info['final_loss']:.3f}."
         if info
         else f"phi loaded from `{args.phi}`."
@@ -356,21 +430,25 @@ def main() -> None:
     body = [
         f"Shapes test split: {len(test.queries)} triplets ranked over {len(test.gallery)} images "
         f"(reference removed), backbone `{Path(args.model).name}`, metrics in %. {trained}",
-        f"Composed-query prompt `{phi.config.template}` and image weight {phi.config.image_weight:g} "
-        f"(query = normalise(prompt feature + weight * reference feature)), picked on a selection split "
+        f"Shipped: a {phi.config.word_tokens}-token pseudo-word, prompt `{phi.config.template}` and "
+        f"image weight {phi.config.image_weight:g} (query = normalise(prompt feature + weight * "
+        "reference feature); weight 0 is SEARLE's query), picked by mean on a selection split "
         f"of val scenes as large as the test split ({len(val.queries)} triplets, {len(val.gallery)} "
-        "images; rendered with seed 1) among the candidates below; 'pure' is SEARLE's query (weight 0).",
+        "images; rendered with seed 1) among the candidates below. The 1-token row is SEARLE's "
+        "pseudo-word, with its own prompt and weight picked the same way.",
         "The 'oracle words' rows put the reference's true description where the pseudo-word goes: "
-        "no inversion can hand this text encoder more, so they bound what textual inversion can reach "
-        "with this backbone.",
+        "what the scene's own words give this text encoder (a reference point: pseudo-words of "
+        "several tokens are not bound by it).",
         "",
         markdown_table(["query", *COLUMNS], rows),
         "",
         *comparison,
         "",
-        "Prompt and image-weight choice (selection split):",
+        "Pseudo-word length, prompt and image-weight choice (selection split, by mean):",
         "",
-        markdown_table(["prompt", "image weight", "R@1", "R@5", "R@10", "mean"], prompt_rows),
+        markdown_table(
+            ["word tokens", "prompt", "image weight", "R@1", "R@5", "R@10", "mean"], prompt_rows
+        ),
     ]
     if not args.no_report:
         title = "Zero-shot composed retrieval (textual inversion) on Shapes"

@@ -53,3 +53,29 @@ def make_collection(root: Path, with_metadata: bool = True) -> Path:
             writer.writeheader()
             writer.writerows(rows)
     return root
+
+
+def shipped_shapes_recall(method: str) -> dict[str, dict[str, float]]:
+    """CIRR metrics on the shipped Shapes test split for image-only, text-only, sum and one composed
+    method of the shipped Shapes collection (its own weights, as the app serves it)."""
+    from retrieval.backbone import load_backbone
+    from retrieval.catalog import Catalog, composers_for
+    from retrieval.config import ROOT, SHAPES_MODEL_DIR
+    from retrieval.datasets import read_cirr, split_features
+    from retrieval.evaluation import evaluate_split
+    from retrieval.search import image_only_composer, sum_composer, text_only_composer
+
+    spec = Catalog.from_file(ROOT / "collections.json").specs["shapes"]
+    backbone = load_backbone(str(SHAPES_MODEL_DIR), device="cpu")
+    test = read_cirr(ROOT / "data" / "shapes", "test")
+    features = split_features(test, backbone, cache=False, progress=False)
+    composers = {
+        "image": image_only_composer,
+        "text": text_only_composer,
+        "sum": sum_composer,
+        method: composers_for(spec)[method],
+    }
+    return {
+        name: evaluate_split(test, backbone, composer, features, progress=False).metrics
+        for name, composer in composers.items()
+    }
