@@ -32,6 +32,7 @@ MODEL = ROOT / "models" / "shapes-clip-tiny"
 COMBINER = ROOT / "models" / "shapes-combiner"
 OUT = ROOT / "models" / "shapes-phi"
 COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "mean")
+ORACLE = "oracle words, text only"
 
 
 def train_images(data: Path, count: int, seed: int) -> list:
@@ -180,7 +181,7 @@ def oracle_rows(backbone, test, features, data: Path) -> list[list]:
     oracle = oracle_split(test, data)
     rows = []
     for name, composer in (
-        ("oracle words, text only", text_only_composer),
+        (ORACLE, text_only_composer),
         ("oracle words + image (weight 1)", with_image(1.0)),
     ):
         metrics = evaluate_split(oracle, backbone, composer, features, progress=False).metrics
@@ -217,9 +218,6 @@ def pooled_ranks(backbone, composers: dict, splits: list[tuple[Path, ComposedSpl
     return {name: torch.cat(parts) for name, parts in ranks.items()}
 
 
-ORACLE = "oracle words, text only"
-
-
 def paired_lines(ranks: dict, names: list[str]) -> list[str]:
     lines = []
     for name in names:
@@ -236,8 +234,8 @@ def paired_lines(ranks: dict, names: list[str]) -> list[str]:
 
 def paired_comparison(test, backbone, composers: dict, args) -> list[str]:
     """Zero-shot queries and the oracle words against image-only, query by query: is the difference
-    larger than what resampling the queries moves it by? On the test split, then pooled with
-    re-rendered test scenes; plus R@1 per edit kind on the test split."""
+    larger than what resampling the queries moves it by? On the test split, then on the test
+    scenes rendered again (pooled); plus R@1 per edit kind on the test split."""
     composers = {"image only": image_only_composer, **composers}
     names = [*list(composers)[1:], ORACLE]
     ranks = pooled_ranks(backbone, composers, [(args.data, test)])
