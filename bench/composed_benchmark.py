@@ -48,7 +48,7 @@ from retrieval.combiner import (
 )
 from retrieval.config import ROOT
 from retrieval.datasets import read_cirr, split_features
-from retrieval.evaluation import evaluate_split, paired_bootstrap
+from retrieval.evaluation import evaluate_split, recall_gain
 from retrieval.search import image_only_composer, sum_composer, text_only_composer
 from retrieval.training import TrainConfig
 
@@ -400,9 +400,8 @@ def quality_section(args) -> str:
 
 def r1_gain(ranks: dict, method: str, baseline: str) -> str:
     """'+x.x points (+low to +high)': R@1 gain with its paired bootstrap interval."""
-    hits, base = (ranks[method] == 0).float(), (ranks[baseline] == 0).float()
-    low, high = (100 * bound for bound in paired_bootstrap(hits, base))
-    return f"{100 * float(hits.mean() - base.mean()):+.1f} points ({low:+.1f} to {high:+.1f})"
+    gain, low, high = recall_gain(ranks[method], ranks[baseline], 1)
+    return f"{gain:+.1f} points ({low:+.1f} to {high:+.1f})"
 
 
 def gain_lines(results: dict, ranks: dict, best: str) -> list[str]:

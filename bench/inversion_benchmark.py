@@ -24,7 +24,7 @@ from retrieval import inversion, shapes
 from retrieval.backbone import load_backbone
 from retrieval.config import ROOT
 from retrieval.datasets import ComposedSplit, read_cirr, split_features
-from retrieval.evaluation import evaluate_split, paired_bootstrap
+from retrieval.evaluation import evaluate_split, recall_gain
 from retrieval.search import image_only_composer, sum_composer, text_only_composer
 
 DATA = ROOT / "data" / "shapes"
@@ -148,10 +148,10 @@ def with_image(weight: float):
     return compose
 
 
-def pick_prompt(backbone, phis: dict, val, val_features) -> tuple[int, str, float, list[list]]:
-    """Pseudo-word length, prompt and image weight, chosen on a val-scene split (never on test)
-    by the mean of the CIRR metrics."""
-    rows, scored = [], []
+def score_choices(backbone, phis: dict, val, val_features) -> list[tuple]:
+    """(pseudo-word length, prompt, image weight, metrics) of every candidate, measured on a
+    val-scene split (never on test)."""
+    choices = []
     for word_tokens, phi in phis.items():
         for template in PROMPT_CANDIDATES:
             for weight in IMAGE_WEIGHTS:
@@ -159,20 +159,30 @@ def pick_prompt(backbone, phis: dict, val, val_features) -> tuple[int, str, floa
                 metrics = evaluate_split(
                     val, backbone, composer, val_features, progress=False
                 ).metrics
-                rows.append(
-                    [word_tokens, f"`{template}`", weight]
-                    + [metrics[key] for key in ("R@1", "R@5", "R@10", "mean")]
-                )
-                scored.append((metrics["mean"], word_tokens, template, weight))
-    _, word_tokens, template, weight = max(scored, key=lambda row: row[0])
-    return word_tokens, template, weight, rows
+                choices.append((word_tokens, template, weight, metrics))
+    return choices
 
 
-def searle_row(backbone, phis: dict, val, val_features) -> dict:
+def best_choice(choices: list[tuple], word_tokens: int | None = None) -> tuple[int, str, float]:
+    """The candidate with the highest mean of the CIRR metrics (of one pseudo-word length if given)."""
+    pool = [choice for choice in choices if word_tokens in (None, choice[0])]
+    word_tokens, template, weight, _ = max(pool, key=lambda choice: choice[3]["mean"])
+    return word_tokens, template, weight
+
+
+def choice_rows(choices: list[tuple]) -> list[list]:
+    return [
+        [word_tokens, f"`{template}`", weight]
+        + [metrics[k] for k in ("R@1", "R@5", "R@10", "mean")]
+        for word_tokens, template, weight, metrics in choices
+    ]
+
+
+def searle_row(phis: dict, choices: list[tuple]) -> dict:
     """SEARLE as published (one-token pseudo-word), its prompt and weight picked on val the same way."""
     if 1 not in phis or len(phis) == 1:
         return {}
-    _, template, weight, _ = pick_prompt(backbone, {1: phis[1]}, val, val_features)
+    _, template, weight = best_choice(choices, word_tokens=1)
     composer = inversion.zero_shot_composer(phis[1], template=template, image_weight=weight)
     return {f"zero-shot, 1-token pseudo-word (SEARLE), image weight {weight:g}": composer}
 
@@ -223,11 +233,8 @@ def paired_lines(ranks: dict, names: list[str]) -> list[str]:
     for name in names:
         parts = []
         for k in (1, 5, 10):
-            better, base = (ranks[name] < k).float(), (ranks["image only"] < k).float()
-            low, high = (100 * bound for bound in paired_bootstrap(better, base))
-            parts.append(
-                f"R@{k} {100 * float(better.mean() - base.mean()):+.1f} ({low:+.1f} to {high:+.1f})"
-            )
+            gain, low, high = recall_gain(ranks[name], ranks["image only"], k)
+            parts.append(f"R@{k} {gain:+.1f} ({low:+.1f} to {high:+.1f})")
         lines.append(f"- {name}: " + ", ".join(parts) + ".")
     return lines
 
@@ -375,7 +382,9 @@ def main() -> None:
     image_only_val = evaluate_split(
         val, backbone, image_only_composer, val_features, progress=False
     ).metrics
-    chosen, template, weight, prompt_rows = pick_prompt(backbone, phis, val, val_features)
+    choices = score_choices(backbone, phis, val, val_features)
+    chosen, template, weight = best_choice(choices)
+    prompt_rows = choice_rows(choices)
     phi, info = phis[chosen], infos.get(chosen, {})
     phi.config.template, phi.config.image_weight = template, weight
     prompt_rows.append(
@@ -391,7 +400,7 @@ def main() -> None:
         "image only": image_only_composer,
         "text only": text_only_composer,
         "sum": sum_composer,
-        **searle_row(backbone, phis, val, val_features),
+        **searle_row(phis, choices),
         f"zero-shot, {chosen}-token pseudo-word, image weight {weight:g} (shipped)": (
             inversion.zero_shot_composer(phi)
         ),

@@ -65,14 +65,26 @@ def paired_bootstrap(
     if difference.size == 0:
         raise BadInput("no queries to compare")
     rng = np.random.default_rng(seed)
+    chunks = [
+        min(1000, rounds - start) for start in range(0, max(rounds, 1), 1000)
+    ]  # bounded memory
     means = np.concatenate(
         [
-            difference[rng.integers(0, difference.size, (1000, difference.size))].mean(axis=1)
-            for _ in range(max(1, rounds // 1000))
+            difference[rng.integers(0, difference.size, (chunk, difference.size))].mean(axis=1)
+            for chunk in chunks
         ]
     )
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def recall_gain(
+    ranks: torch.Tensor, baseline_ranks: torch.Tensor, k: int
+) -> tuple[float, float, float]:
+    """R@k of one method minus a baseline's on the same queries, in points, with its 95% interval."""
+    hits, base = (ranks < k).float(), (baseline_ranks < k).float()
+    low, high = paired_bootstrap(hits, base)
+    return 100 * float(hits.mean() - base.mean()), 100 * low, 100 * high
 
 
 def ranked_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -138,9 +150,8 @@ class SplitResult:
     split: ComposedSplit
     metrics: dict[str, float] = field(default_factory=dict)
     submissions: dict[str, dict] = field(default_factory=dict)  # file name -> JSON content
-    ranks: torch.Tensor | None = (
-        None  # labelled splits: each query's target rank (0 = first), for paired tests
-    )
+    # labelled splits: each query's target rank (0 = first), for paired comparisons
+    ranks: torch.Tensor | None = None
 
 
 @torch.no_grad()
