@@ -50,12 +50,12 @@ def serve(port: int, api_only: bool) -> None:
     import uvicorn
 
     from retrieval.catalog import Catalog
-    from retrieval.config import get_settings
+    from retrieval.config import Settings
     from webapp.api import create_api
 
-    settings = get_settings()
+    settings = Settings.from_env()
     if api_only:
-        app = create_api(Catalog.from_file(settings.collections_file), settings)
+        app = create_api(Catalog.from_file(settings.collections_file, settings), settings)
     else:
         from app import create_app
 

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from bench.report import markdown_table, write_section
 from retrieval import index as index_module
 from retrieval.backbone import load_backbone
-from retrieval.config import get_settings
+from retrieval.config import Settings
 from retrieval.embed import _ImageFiles
 from retrieval.images import is_image_file
 from retrieval.index import build_index, write_version
@@ -172,7 +172,7 @@ def worker_cost(backbone, paths: list[Path], reduced: bool) -> float:
     dataset = _ImageFiles(
         paths,
         backbone.transform,
-        get_settings().thumb_size,
+        Settings.from_env().thumb_size,
         backbone.image_size if reduced else None,
     )
     threads = torch.get_num_threads()
@@ -186,7 +186,7 @@ def worker_cost(backbone, paths: list[Path], reduced: bool) -> float:
 
 def decode_fidelity(backbone, paths: list[Path]) -> float:
     """Largest mean |difference| of model input (normalised units) between draft and full decode."""
-    size = get_settings().thumb_size
+    size = Settings.from_env().thumb_size
     full = _ImageFiles(paths, backbone.transform, size, None)
     reduced = _ImageFiles(paths, backbone.transform, size, backbone.image_size)
     return max(float((full[i][1] - reduced[i][1]).abs().mean()) for i in range(len(paths)))
@@ -256,7 +256,7 @@ def throughput_report(args, rows: list[list], notes: dict) -> str:
     met = "met" if min(ratios) >= 0.9 else "NOT met"
     table = markdown_table(THROUGHPUT_HEADER, rows)
     return f"""
-{notes["stats"]}; batch size {args.batch_size}, {get_settings().num_workers} DataLoader workers,
+{notes["stats"]}; batch size {args.batch_size}, {Settings.from_env().num_workers} DataLoader workers,
 {torch.get_num_threads()} torch thread(s) in the main process, {os.cpu_count()} cores.
 Raw forward: `encode_image_tensors` on pre-made tensors, {args.raw_batches} batches timed right
 before and right after each pipeline run (the ratio uses their mean). Pipeline: `build_index(...,

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS, ImageLimits
 from retrieval.errors import BadInput
 from retrieval.images import ImageSource, open_image
 
@@ -56,7 +56,7 @@ def display_spec(spec: str) -> str:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    device = device or get_settings().device
+    """The named device; none (SR_DEVICE empty) picks CUDA when present, else the CPU."""
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,6 +138,7 @@ class Backbone:
     tokenizer: object
     device: torch.device
     preprocessing: str = "standard"
+    image_limits: ImageLimits = DEFAULTS.image_limits
 
     def __post_init__(self):
         self.transform = build_transform(self.base_transform, self.preprocessing)
@@ -167,7 +168,13 @@ class Backbone:
 
     def with_preprocessing(self, preprocessing: str) -> Backbone:
         return Backbone(
-            self.spec, self.model, self.base_transform, self.tokenizer, self.device, preprocessing
+            self.spec,
+            self.model,
+            self.base_transform,
+            self.tokenizer,
+            self.device,
+            preprocessing,
+            self.image_limits,
         )
 
     def _autocast(self):
@@ -201,8 +208,12 @@ class Backbone:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.encode_token_ids(self.tokenize(texts)).cpu().numpy()
 
+    def open(self, source: ImageSource):
+        """Decode a query image under this backbone's limits (the server's settings)."""
+        return open_image(source, self.image_limits)
+
     def preprocess(self, source: ImageSource) -> torch.Tensor:
-        return self.transform(open_image(source))
+        return self.transform(self.open(source))
 
     def encode_images(self, sources: list[ImageSource]) -> np.ndarray:
         pixels = torch.stack([self.preprocess(source) for source in sources])
@@ -215,14 +226,19 @@ def _load_cached(spec: str, device: str):
 
 
 def load_backbone(
-    spec: str, preprocessing: str = "standard", device: str | None = None
+    spec: str,
+    preprocessing: str = "standard",
+    device: str | None = None,
+    image_limits: ImageLimits = DEFAULTS.image_limits,
 ) -> Backbone:
     """Build once per (spec, device) and share: models are read-only at inference."""
     resolved = str(pick_device(device))
     local = _local_dir(spec)
     key = str(local.resolve()) if local is not None else spec
     model, transform, tokenizer = _load_cached(key, resolved)
-    return Backbone(spec, model, transform, tokenizer, torch.device(resolved), preprocessing)
+    return Backbone(
+        spec, model, transform, tokenizer, torch.device(resolved), preprocessing, image_limits
+    )
 
 
 def new_model(arch: str, device: str | None = None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.backbone import Backbone, load_backbone
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import NotFound, RetrievalError
 from retrieval.hub import fetch
 from retrieval.index import Index
@@ -73,32 +73,35 @@ def composers_for(spec: CollectionSpec) -> dict:
     return composers
 
 
-def open_collection(spec: CollectionSpec, device: str | None = None) -> Collection:
+def open_collection(spec: CollectionSpec, settings: Settings = DEFAULTS) -> Collection:
     index_dir = fetch(spec.index, "dataset")
     index = Index.load(index_dir)
     backbone = load_backbone(
         spec.model or index.model_spec(),
         preprocessing=index.manifest["preprocessing"],
-        device=device,
+        device=settings.device,
+        image_limits=settings.image_limits,
     )
-    searcher = Searcher(index, backbone, composers_for(spec))
+    searcher = Searcher(index, backbone, composers_for(spec), max_k=settings.max_k)
     return Collection(spec, index, backbone, searcher)
 
 
 class Catalog:
     """Thread-safe lazy loading: the first request for a collection loads it, later ones share it."""
 
-    def __init__(self, specs: list[CollectionSpec]):
+    def __init__(self, specs: list[CollectionSpec], settings: Settings = DEFAULTS):
+        self.settings = settings
         self.specs = {spec.name: spec for spec in specs}
         self._loaded: dict[str, Collection] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None) -> Catalog:
-        path = Path(path or get_settings().collections_file)
+    def from_file(cls, path: str | Path | None = None, settings: Settings = DEFAULTS) -> Catalog:
+        path = Path(path or settings.collections_file)
         raw = json.loads(path.read_text())
-        return cls([CollectionSpec.from_dict(entry, path.parent) for entry in raw["collections"]])
+        specs = [CollectionSpec.from_dict(entry, path.parent) for entry in raw["collections"]]
+        return cls(specs, settings)
 
     def names(self) -> list[str]:
         return list(self.specs)
@@ -112,7 +115,7 @@ class Catalog:
             if name in self._errors:
                 raise CollectionUnavailable(f"{name}: {self._errors[name]}")
             try:
-                collection = open_collection(self.specs[name])
+                collection = open_collection(self.specs[name], self.settings)
             except (RetrievalError, OSError, ValueError, RuntimeError) as error:
                 self._errors[name] = str(error) or type(error).__name__
                 raise CollectionUnavailable(f"{name}: {self._errors[name]}") from error

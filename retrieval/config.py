@@ -1,4 +1,9 @@
-"""All settings in one place. Every field can be set by an environment variable `SR_<FIELD>`."""
+"""All settings in one place. Every field can be set by an environment variable `SR_<FIELD>`.
+
+Only the entry points (`app.py`, `python -m retrieval`, the benchmarks) call `Settings.from_env()`;
+the library takes the resulting object (or the part it needs) as an argument, so a test or an
+embedding application controls every limit without touching the environment.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +59,22 @@ class Settings:
         values = {f.name: _env_value(f.name, f.default) for f in fields(cls) if f.name != "extra"}
         return cls(**values)
 
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.max_image_mb)
 
-def get_settings() -> Settings:
-    return Settings.from_env()
+    @property
+    def features_dir(self) -> Path:
+        """Where cached image features of research datasets live."""
+        return Path(self.cache_dir) / "features"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one decoded image may cost: the part of the settings every image decoder needs."""
+
+    max_pixels: int
+    max_mb: int
+
+
+DEFAULTS = Settings()  # the documented defaults, without reading the environment

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import BadInput, NotFound
 from retrieval.images import open_image
 
@@ -321,9 +321,9 @@ def embed_image_paths(
     batch_size: int = 0,
     num_workers: int | None = None,
     progress: bool = True,
+    settings: Settings = DEFAULTS,
 ) -> torch.Tensor:
     """(n, d) normalised float32 features on CPU; any unreadable file is an error (metrics would lie)."""
-    settings = get_settings()
     batch_size = batch_size or settings.batch_size
     workers = settings.num_workers if num_workers is None else num_workers
     workers = min(workers, os.cpu_count() or 1, len(paths) // batch_size)
@@ -355,7 +355,7 @@ class FeatureCache:
         self.backbone = backbone
         self.key = feature_cache_key(backbone)
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
-        root = Path(cache_dir) if cache_dir else Path(get_settings().cache_dir) / "features"
+        root = Path(cache_dir) if cache_dir else DEFAULTS.features_dir
         self.directory = root / digest
 
     def _load(self) -> tuple[list[str], torch.Tensor]:

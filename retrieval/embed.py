@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from retrieval.backbone import Backbone
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS, ImageLimits, Settings
 from retrieval.errors import BadInput
 from retrieval.images import open_image, thumbnail
 
@@ -32,7 +32,9 @@ class EmbeddedBatchResult:
     failed: list[tuple[int, str]]  # position -> reason
 
 
-def open_reduced(path, min_short: int, min_long: int) -> Image.Image:
+def open_reduced(
+    path, min_short: int, min_long: int, limits: ImageLimits = DEFAULTS.image_limits
+) -> Image.Image:
     """Decode a JPEG at the smallest 1/2, 1/4 or 1/8 scale whose sides still reach
     `min_short` (short side) and `min_long` (long side); other formats decode in full.
 
@@ -44,17 +46,13 @@ def open_reduced(path, min_short: int, min_long: int) -> Image.Image:
         with Image.open(path) as image:
             width, height = image.size
             factor = max(min_short / min(width, height), min_long / max(width, height))
-            if image.format == "JPEG" and factor < 0.5 and width * height <= _max_pixels():
+            if image.format == "JPEG" and factor < 0.5 and width * height <= limits.max_pixels:
                 image.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
                 image.load()
-                return open_image(image)
+                return open_image(image, limits)
     except Exception:  # the full decode below reports the real problem, with its message
         pass
-    return open_image(path)
-
-
-def _max_pixels() -> int:
-    return get_settings().max_image_pixels
+    return open_image(path, limits)
 
 
 class _ImageFiles(Dataset):
@@ -63,17 +61,24 @@ class _ImageFiles(Dataset):
     `min_short` None decodes every image in full (the reference path, used to measure draft mode).
     """
 
-    def __init__(self, paths, transform, thumb_size: int, min_short: int | None):
+    def __init__(
+        self,
+        paths,
+        transform,
+        thumb_size: int,
+        min_short: int | None,
+        limits: ImageLimits = DEFAULTS.image_limits,
+    ):
         self.paths, self.transform, self.thumb_size = paths, transform, thumb_size
-        self.min_short = min_short
+        self.min_short, self.limits = min_short, limits
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def decode(self, path) -> Image.Image:
         if self.min_short is None:
-            return open_image(path)
-        return open_reduced(path, self.min_short, self.thumb_size)
+            return open_image(path, self.limits)
+        return open_reduced(path, self.min_short, self.thumb_size, self.limits)
 
     def __getitem__(self, position: int):
         try:
@@ -99,13 +104,13 @@ def _quiet_worker(_):
 def embed_files(
     backbone: Backbone,
     paths: list,
+    settings: Settings = DEFAULTS,
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool = True,
     reduced_decode: bool = True,
 ) -> EmbeddedBatchResult:
     """Embed every readable image; unreadable ones are reported in `failed`, never fatal."""
-    settings = get_settings()
     batch_size = batch_size or settings.batch_size
     num_workers = settings.num_workers if num_workers is None else num_workers
     num_workers = min(num_workers, os.cpu_count() or 1, max(0, len(paths) // batch_size))
@@ -115,6 +120,7 @@ def embed_files(
             backbone.transform,
             settings.thumb_size,
             backbone.image_size if reduced_decode else None,
+            settings.image_limits,
         ),
         batch_size=batch_size,
         num_workers=num_workers,

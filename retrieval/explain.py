@@ -31,7 +31,7 @@ from PIL import Image
 
 from retrieval.backbone import TARGET_PAD_RATIO, Backbone
 from retrieval.errors import BadInput
-from retrieval.images import ImageSource, open_image
+from retrieval.images import ImageSource
 
 METHODS = ("auto", "attention", "gradcam")
 RAW_MAX_SIDE = 256  # the raw map is small enough for JSON, large enough to look smooth
@@ -368,7 +368,7 @@ def explain(
     backbone's own preprocessing (the exact view the index scored, possibly centre-cropped).
     """
     method = pick_method(backbone, method)
-    picture = open_image(image)
+    picture = backbone.open(image)
     target = query_vector(backbone, query)
     view = backbone.with_preprocessing("squarepad") if whole_image else backbone
     pixels = view.transform(picture).unsqueeze(0)

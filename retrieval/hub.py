@@ -8,7 +8,6 @@ works offline (HF_HUB_OFFLINE=1).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
@@ -73,9 +72,11 @@ def push(
     private: bool = False,
     allow_patterns: list[str] | None = None,
 ) -> str:
-    """Create the repo if needed and upload the folder in one commit; returns the commit URL."""
+    """Create the repo if needed and upload the folder in one commit; returns the commit URL.
+
+    Without `token`, huggingface_hub uses its own (HF_TOKEN or the saved login).
+    """
     repo = repo.removeprefix(HUB_PREFIX)
-    token = token or os.environ.get("HF_TOKEN")
     api = HfApi(token=token)
     api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True)
     info = api.upload_folder(

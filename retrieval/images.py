@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS, ImageLimits
 from retrieval.errors import BadInput, TooLarge
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
@@ -66,10 +66,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+def open_image(source: ImageSource, limits: ImageLimits = DEFAULTS.image_limits) -> Image.Image:
     """Decode to RGB, refusing bombs and broken files."""
-    settings = get_settings()
-    max_pixels = max_pixels or settings.max_image_pixels
+    max_pixels = limits.max_pixels
     if isinstance(source, Image.Image):
         _check_pixels("image", source.size, max_pixels)
         try:
@@ -78,8 +77,8 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
             raise BadInput(f"image could not be converted to RGB ({error})") from error
     name = "uploaded image" if isinstance(source, bytes) else Path(source).name
     if isinstance(source, bytes):
-        if len(source) > settings.max_image_mb * 1024 * 1024:
-            raise TooLarge(f"{name}: larger than {settings.max_image_mb} MB")
+        if len(source) > limits.max_mb * 1024 * 1024:
+            raise TooLarge(f"{name}: larger than {limits.max_mb} MB (SR_MAX_IMAGE_MB)")
         if not source:
             raise BadInput(f"{name}: the file is empty")
         stream = io.BytesIO(source)

@@ -27,6 +27,7 @@ import numpy as np
 from retrieval import __version__
 from retrieval.backbone import Backbone, fingerprint_matches, model_fingerprint
 from retrieval.collection import Item, scan_folder
+from retrieval.config import DEFAULTS, Settings
 from retrieval.embed import embed_files
 from retrieval.errors import BadInput, IndexMismatch, NotFound
 
@@ -301,9 +302,11 @@ def _thumb_name(item_id: str, fingerprint: str) -> str:
     return f"{item_id}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}.jpg"
 
 
-def _embed_items(items: list[Item], directory: Path, backbone: Backbone, progress: bool):
+def _embed_items(
+    items: list[Item], directory: Path, backbone: Backbone, progress: bool, settings: Settings
+):
     """Embed items and write their thumbnails; returns (metadata rows, vectors, skipped)."""
-    result = embed_files(backbone, [item.path for item in items], progress=progress)
+    result = embed_files(backbone, [item.path for item in items], settings, progress=progress)
     thumbs = directory / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -344,6 +347,7 @@ def build_index(
     metadata: str | Path | None = None,
     index_params: dict | None = None,
     progress: bool = True,
+    settings: Settings = DEFAULTS,
 ) -> BuildReport:
     """Embed a whole folder into a fresh index (replacing any index already at `out_dir`)."""
     if index_type not in INDEX_TYPES:
@@ -352,7 +356,7 @@ def build_index(
     items, skipped = scan_folder(folder, metadata)
     if not items:
         raise BadInput(f"no images found in {folder}")
-    rows, vectors, failed = _embed_items(items, out_dir, backbone, progress)
+    rows, vectors, failed = _embed_items(items, out_dir, backbone, progress, settings)
     if not rows:
         raise BadInput(f"none of the {len(items)} images in {folder} could be read")
     manifest = {
@@ -392,6 +396,7 @@ def update_index(
     folder: str | Path | None = None,
     metadata: str | Path | None = None,
     progress: bool = True,
+    settings: Settings = DEFAULTS,
 ) -> BuildReport:
     """Embed only new or changed files, drop deleted ones, refresh metadata of the rest."""
     index = Index.load(out_dir, backbone)
@@ -418,7 +423,7 @@ def update_index(
         else:
             todo.append(item)
     new_rows, new_vectors, failed = (
-        _embed_items(todo, Path(out_dir), backbone, progress) if todo else ([], None, [])
+        _embed_items(todo, Path(out_dir), backbone, progress, settings) if todo else ([], None, [])
     )
     rows = keep_rows + new_rows
     if not rows:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from retrieval.backbone import Backbone
-from retrieval.config import get_settings
+from retrieval.config import DEFAULTS
 from retrieval.errors import BadInput
 from retrieval.images import ImageSource
 from retrieval.index import Index
@@ -118,6 +118,7 @@ class Searcher:
     index: Index
     backbone: Backbone
     composers: dict[str, Composer] = field(default_factory=dict)
+    max_k: int = DEFAULTS.max_k  # the server's SR_MAX_K: the API validates against the same value
 
     def __post_init__(self):
         self.index.check_backbone(self.backbone)
@@ -203,7 +204,7 @@ class Searcher:
         exclude: set[int] | None = None,
     ) -> SearchResult:
         """Rank all items; `offset`/`k` page through the ranking, after filtering and exclusion."""
-        k, offset = _check_paging(k, offset)
+        k, offset = _check_paging(k, offset, self.max_k)
         exclude = exclude or set()
         allowed = None
         if filters is not None and not filters.is_empty():
@@ -232,8 +233,7 @@ class Searcher:
         return self.index.item(item_id)
 
 
-def _check_paging(k: int, offset: int) -> tuple[int, int]:
-    max_k = get_settings().max_k
+def _check_paging(k: int, offset: int, max_k: int) -> tuple[int, int]:
     if not isinstance(k, int) or not 1 <= k <= max_k:
         raise BadInput(f"k must be between 1 and {max_k}, got {k!r}")
     if not isinstance(offset, int) or not 0 <= offset <= 10_000:

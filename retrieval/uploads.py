@@ -30,7 +30,7 @@ from typing import BinaryIO
 from retrieval.backbone import Backbone
 from retrieval.catalog import Collection, CollectionSpec
 from retrieval.collection import METADATA_NAMES
-from retrieval.config import Settings, get_settings
+from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.images import IMAGE_SUFFIXES
 from retrieval.index import Index, build_index
@@ -47,8 +47,8 @@ _IGNORED_DIRS = {"__MACOSX"}
 ZipSource = str | Path | bytes | BinaryIO
 
 
-def uploads_root(settings: Settings | None = None) -> Path:
-    return Path((settings or get_settings()).cache_dir) / "uploads"
+def uploads_root(settings: Settings = DEFAULTS) -> Path:
+    return Path(settings.cache_dir) / "uploads"
 
 
 def check_collection_name(name: str) -> str:
@@ -194,13 +194,12 @@ def _extract_member(
     return written
 
 
-def import_zip(source: ZipSource, dest_dir: str | Path, settings: Settings | None = None) -> Path:
+def import_zip(source: ZipSource, dest_dir: str | Path, settings: Settings = DEFAULTS) -> Path:
     """Extract the images (and metadata) of a zip into the new folder `dest_dir`.
 
     Returns the folder to index: `dest_dir`, or its only sub-folder when the zip wraps everything
     in one top-level folder. Raises BadInput / TooLarge with a message for the uploader.
     """
-    settings = settings or get_settings()
     dest = Path(dest_dir)
     if dest.exists() and any(dest.iterdir()):
         raise BadInput(f"{dest} already exists and is not empty")
@@ -252,7 +251,7 @@ def create_collection_from_zip(
     source: ZipSource,
     name: str,
     backbone: Backbone,
-    settings: Settings | None = None,
+    settings: Settings = DEFAULTS,
     title: str | None = None,
     description: str = "",
     index_type: str = "flat",
@@ -263,7 +262,6 @@ def create_collection_from_zip(
     `like`: a collection using the same model whose composed-search weights and tagging
     vocabulary the new collection inherits (a Combiner works for any index of its model).
     """
-    settings = settings or get_settings()
     check_collection_name(name)
     root = uploads_root(settings)
     final = root / name
@@ -275,7 +273,14 @@ def create_collection_from_zip(
         inherited = {key: getattr(like.spec, key) for key in ("combiner", "phi", "vocabulary")}
     try:
         folder = import_zip(source, staging / "images", settings)
-        build_index(folder, staging / "index", backbone, index_type=index_type, progress=False)
+        build_index(
+            folder,
+            staging / "index",
+            backbone,
+            index_type=index_type,
+            progress=False,
+            settings=settings,
+        )
         spec = CollectionSpec(
             name=name,
             title=(title or name).strip()[:200] or name,
@@ -293,10 +298,11 @@ def create_collection_from_zip(
         shutil.rmtree(staging, ignore_errors=True)
     index = Index.load(final / "index", backbone)
     composers = dict(like.searcher.composers) if like is not None else {}
-    return Collection(spec, index, backbone, Searcher(index, backbone, composers))
+    searcher = Searcher(index, backbone, composers, max_k=settings.max_k)
+    return Collection(spec, index, backbone, searcher)
 
 
-def uploaded_specs(settings: Settings | None = None) -> list[CollectionSpec]:
+def uploaded_specs(settings: Settings = DEFAULTS) -> list[CollectionSpec]:
     """Specs of collections uploaded earlier, so a restarted app can serve them again."""
     root = uploads_root(settings)
     specs = []
@@ -313,13 +319,13 @@ def uploaded_specs(settings: Settings | None = None) -> list[CollectionSpec]:
     return specs
 
 
-def is_uploaded(name: str, settings: Settings | None = None) -> bool:
+def is_uploaded(name: str, settings: Settings = DEFAULTS) -> bool:
     return (
         bool(COLLECTION_NAME.match(name)) and (uploads_root(settings) / name / SPEC_FILE).is_file()
     )
 
 
-def delete_uploaded_collection(name: str, settings: Settings | None = None) -> None:
+def delete_uploaded_collection(name: str, settings: Settings = DEFAULTS) -> None:
     """Remove an uploaded collection's files; shipped collections are not touched."""
     if not is_uploaded(name, settings):
         raise NotFound(f"{name!r} is not an uploaded collection")

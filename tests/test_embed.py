@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.config import ImageLimits
 from retrieval.embed import _ImageFiles, embed_files, open_reduced
 from retrieval.errors import BadInput, TooLarge
 from retrieval.images import open_image
@@ -35,7 +36,7 @@ def test_small_jpeg_and_other_formats_are_decoded_in_full(tmp_path):
     assert open_reduced(png, 224, 256).size == (1200, 900)
 
 
-def test_errors_are_those_of_open_image(tmp_path, monkeypatch):
+def test_errors_are_those_of_open_image(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(_photo(tmp_path / "ok.jpg").read_bytes()[:300])
     with pytest.raises(BadInput) as reduced_error:
@@ -43,9 +44,8 @@ def test_errors_are_those_of_open_image(tmp_path, monkeypatch):
     with pytest.raises(BadInput) as full_error:
         open_image(broken)
     assert str(reduced_error.value) == str(full_error.value)
-    monkeypatch.setenv("SR_MAX_IMAGE_PIXELS", "100000")
     with pytest.raises(TooLarge):
-        open_reduced(tmp_path / "ok.jpg", 224, 256)
+        open_reduced(tmp_path / "ok.jpg", 224, 256, ImageLimits(max_pixels=100_000, max_mb=20))
 
 
 def test_model_input_matches_full_decode(tmp_path, micro_backbone):

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from retrieval.config import ImageLimits, Settings
 from retrieval.errors import BadInput, TooLarge
 from retrieval.images import open_image
 from tests.helpers import draw_scene
@@ -90,13 +91,14 @@ def test_decompression_bomb_is_refused_from_its_header():
     with pytest.raises(TooLarge, match="pixels"):
         open_image(png_header_only(30_000, 30_000))
     with pytest.raises(TooLarge, match="limit"):
-        open_image(VALID["png"], max_pixels=100)
+        open_image(VALID["png"], ImageLimits(max_pixels=100, max_mb=20))
 
 
-def test_oversized_and_empty_bytes(monkeypatch):
-    monkeypatch.setenv("SR_MAX_IMAGE_MB", "1")
+def test_oversized_and_empty_bytes():
+    one_mb = Settings(max_image_mb=1).image_limits
     with pytest.raises(TooLarge, match="1 MB"):
-        open_image(b"\0" * (1024 * 1024 + 1))
+        open_image(b"\0" * (1024 * 1024 + 1), one_mb)
+    assert open_image(VALID["png"], one_mb).mode == "RGB"
     with pytest.raises(BadInput, match="empty"):
         open_image(b"")
 
@@ -116,7 +118,7 @@ def test_non_images_and_truncated_files_raise_bad_input(tmp_path):
 
 def _assert_rgb_or_bad_input(data: bytes) -> None:
     try:
-        image = open_image(data, max_pixels=1_000_000)
+        image = open_image(data, ImageLimits(max_pixels=1_000_000, max_mb=20))
     except BadInput:
         return
     assert image.mode == "RGB" and image.width * image.height <= 1_000_000
