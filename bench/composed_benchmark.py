@@ -9,7 +9,7 @@ measures the CPU cost of one composed query on a 100k-item index, relative to th
     python -m bench.composed_benchmark --retrain stage1 # retrain only the stage-1 CLIP and its Combiner
     python -m bench.composed_benchmark --cost-only      # only the per-query cost table
 
-Ships the frozen-CLIP Combiner at models/shapes-combiner/ (the app's method "combiner"); the
+Ships the frozen-CLIP Combiner at precomputed/shapes-combiner/ (the app's method "combiner"); the
 stage-1 CLIP and its Combiner stay under runs/composed/. The defaults are the shipped recipe: the
 frozen-CLIP Combiner on 16,000 generated train sets (160,000 triplets), 30,000 steps (about 35 min
 on one CPU thread); stage 1 on 4,000 sets, 3,000 steps (about an hour on one CPU thread, under
@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 import torch
 
-from bench.report import markdown_table, write_section
+from bench.report import write_section
 from retrieval.backbone import (
     fingerprint_matches,
     load_backbone,
@@ -38,24 +38,21 @@ from retrieval.backbone import (
     new_model,
     save_backbone,
 )
-from retrieval.combiner import (
-    combiner_composer,
-    load_combiner,
-    save_combiner,
-    stage2_config,
-    train_combiner,
-    train_stage1,
-)
+from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
+from retrieval.composed.combiner import combiner_composer, load_combiner, save_combiner
 from retrieval.config import ROOT
-from retrieval.datasets import read_cirr, split_features
-from retrieval.evaluation import evaluate_split, recall_gain
-from retrieval.search import image_only_composer, sum_composer, text_only_composer
-from retrieval.training import TrainConfig
+from retrieval.data.composed import read_cirr
+from retrieval.data.features import split_features
+from retrieval.eval.composed import evaluate_split
+from retrieval.eval.metrics import recall_gain
+from retrieval.eval.report import markdown_table
+from retrieval.train.composed import stage2_config, train_combiner, train_stage1
+from retrieval.train.loop import TrainConfig
 
-DATA = ROOT / "data" / "shapes"
-MODEL = ROOT / "models" / "shapes-clip-tiny"
-COMBINER = ROOT / "models" / "shapes-combiner"
-PHI = ROOT / "models" / "shapes-phi"
+DATA = ROOT / "precomputed" / "shapes"
+MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+COMBINER = ROOT / "precomputed" / "shapes-combiner"
+PHI = ROOT / "precomputed" / "shapes-phi"
 WORK = ROOT / "runs" / "composed"
 COLUMNS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean"]
 INDEX_SIZE = 100_000
@@ -67,12 +64,12 @@ PARTS = ("frozen", "stage1")  # the frozen-CLIP Combiner; the stage-1 CLIP and i
 
 
 def training_root(args, sets: int) -> Path:
-    """data/shapes when it ships a train split, else a generated train split under runs/ (same world)."""
+    """precomputed/shapes when it ships a train split, else a generated train split under runs/ (same world)."""
     if (args.data / "captions" / "cap.rc2.train.json").is_file():
         return args.data
     root = WORK / f"shapes-train-{sets}"
     if not (root / "captions" / "cap.rc2.train.json").is_file():
-        print(f"data/shapes has no train split: generating {sets} train sets in {root}")
+        print(f"precomputed/shapes has no train split: generating {sets} train sets in {root}")
         command = [sys.executable, "-m", "retrieval", "shapes", "generate", "--out", str(root)]
         command += ["--train-sets", str(sets), "--val-sets", "48", "--test-sets", "0"]
         subprocess.run(command, check=True)
@@ -133,7 +130,7 @@ def zero_shot_row(backbone):
     if not (PHI / "phi_config.json").is_file():
         return None
     try:
-        from retrieval.inversion import zero_shot_composer
+        from retrieval.composed.phi import zero_shot_composer
     except ImportError:
         return None
     return zero_shot_composer(str(PHI))
@@ -192,7 +189,7 @@ def cost_table(args) -> str:
             load_combiner(COMBINER) if name == args.model.name and COMBINER.is_dir() else None
         )
         if combiner is None or combiner.config.dim != backbone.dim:
-            from retrieval.combiner import new_combiner
+            from retrieval.composed.combiner import new_combiner
 
             combiner = new_combiner(backbone.dim)  # same size and cost as a trained one
         combiner.eval()
@@ -393,7 +390,7 @@ def quality_section(args) -> str:
         lines += stage1_lines(stage1_dir, stage1_combiner)
     if zero_shot is None:
         lines.append(
-            "Zero-shot row: models/shapes-phi is not shipped yet; rerun this script once it is."
+            "Zero-shot row: precomputed/shapes-phi is not shipped yet; rerun this script once it is."
         )
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@
   many-object scenes, and multi-label precision/recall of the attributes present, against chance.
 - Speed: a heatmap for ViT-B-32 at 224 px (random weights) on CPU, against a plain forward pass.
 
-    python -m bench.explain_benchmark [--model models/shapes-clip-tiny] [--scenes 300] [--parts shapes speed]
+    python -m bench.explain_benchmark [--model precomputed/shapes-clip-tiny] [--scenes 300] [--parts shapes speed]
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.report import markdown_table, write_section
-from retrieval import shapes
+from bench.report import write_section
 from retrieval.backbone import Backbone, load_backbone
 from retrieval.config import SHAPES_MODEL_DIR
+from retrieval.eval.report import markdown_table
 from retrieval.explain import explain, query_vector
+from retrieval.shapes import world as shapes
 from retrieval.tags import group_probabilities, load_vocabulary, tag_vectors
 
 ATTRIBUTES = ("colour", "shape", "size", "position")

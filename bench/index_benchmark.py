@@ -20,7 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench.report import markdown_table, write_section
+from bench.report import write_section
+from retrieval.eval.report import markdown_table
 from retrieval.index import build_faiss, exact_search
 
 DIM = 512

@@ -4,8 +4,8 @@ phi is trained ONLY on the unlabeled images of the Shapes train split (no captio
 read), then the Shapes test triplets are ranked over the whole test gallery (reference removed,
 CIRR protocol) with image-only, text-only, sum, zero-shot and, when shipped, the supervised Combiner.
 
-    python -m bench.inversion_benchmark                  # train phi, evaluate, ship models/shapes-phi
-    python -m bench.inversion_benchmark --phi models/shapes-phi   # evaluate a trained phi only
+    python -m bench.inversion_benchmark                  # train phi, evaluate, ship precomputed/shapes-phi
+    python -m bench.inversion_benchmark --phi precomputed/shapes-phi   # evaluate a trained phi only
 """
 
 from __future__ import annotations
@@ -19,18 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.report import markdown_table, write_section
-from retrieval import inversion, shapes
+from bench.report import write_section
 from retrieval.backbone import load_backbone
+from retrieval.composed import phi as phi_model
+from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
 from retrieval.config import ROOT
-from retrieval.datasets import ComposedSplit, read_cirr, split_features
-from retrieval.evaluation import evaluate_split, recall_gain
-from retrieval.search import image_only_composer, sum_composer, text_only_composer
+from retrieval.data.composed import ComposedSplit, read_cirr
+from retrieval.data.features import split_features
+from retrieval.eval.composed import evaluate_split
+from retrieval.eval.metrics import recall_gain
+from retrieval.eval.report import markdown_table
+from retrieval.shapes import world as shapes
+from retrieval.train import phi as phi_training
 
-DATA = ROOT / "data" / "shapes"
-MODEL = ROOT / "models" / "shapes-clip-tiny"
-COMBINER = ROOT / "models" / "shapes-combiner"
-OUT = ROOT / "models" / "shapes-phi"
+DATA = ROOT / "precomputed" / "shapes"
+MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+COMBINER = ROOT / "precomputed" / "shapes-combiner"
+OUT = ROOT / "precomputed" / "shapes-phi"
 COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "mean")
 ORACLE = "oracle words, text only"
 
@@ -55,16 +60,16 @@ def combiner_composer():
     """The supervised Combiner shipped for Shapes, when there is one."""
     if not (COMBINER / "combiner_config.json").is_file():
         return None
-    from retrieval.combiner import combiner_composer as load
+    from retrieval.composed.combiner import combiner_composer as load
 
     return load(str(COMBINER))
 
 
 def train(
     backbone, train_features: torch.Tensor, args, seed: int, word_tokens: int
-) -> tuple[inversion.Phi, dict]:
-    concepts = inversion.read_concepts(args.concepts)
-    cfg = inversion.phi_train_config(
+) -> tuple[phi_model.Phi, dict]:
+    concepts = phi_training.read_concepts(args.concepts)
+    cfg = phi_training.phi_train_config(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -73,11 +78,11 @@ def train(
     )
     started = time.perf_counter()
     if args.method == "oti":
-        oti = inversion.OTIOptions(
+        oti = phi_training.OTIOptions(
             steps=args.oti_steps, batch_size=args.batch_size, seed=seed, word_tokens=word_tokens
         )
-        tokens, _ = inversion.invert_images(backbone, train_features, oti, concepts)
-        phi, losses = inversion.distill_phi(
+        tokens, _ = phi_training.invert_images(backbone, train_features, oti, concepts)
+        phi, losses = phi_training.distill_phi(
             backbone,
             train_features,
             tokens,
@@ -87,7 +92,7 @@ def train(
             template=args.template,
         )
     else:
-        phi, losses = inversion.train_phi(
+        phi, losses = phi_training.train_phi(
             backbone,
             train_features,
             cfg,
@@ -104,7 +109,7 @@ def train(
 
 
 PROMPT_CANDIDATES = (
-    inversion.DEFAULT_TEMPLATE,
+    phi_model.DEFAULT_TEMPLATE,
     "a picture of $ and {caption}",
     "$ {caption}",
 )
@@ -155,7 +160,7 @@ def score_choices(backbone, phis: dict, val, val_features) -> list[tuple]:
     for word_tokens, phi in phis.items():
         for template in PROMPT_CANDIDATES:
             for weight in IMAGE_WEIGHTS:
-                composer = inversion.zero_shot_composer(phi, template=template, image_weight=weight)
+                composer = phi_model.zero_shot_composer(phi, template=template, image_weight=weight)
                 metrics = evaluate_split(
                     val, backbone, composer, val_features, progress=False
                 ).metrics
@@ -183,7 +188,7 @@ def searle_row(phis: dict, choices: list[tuple]) -> dict:
     if 1 not in phis or len(phis) == 1:
         return {}
     _, template, weight = best_choice(choices, word_tokens=1)
-    composer = inversion.zero_shot_composer(phis[1], template=template, image_weight=weight)
+    composer = phi_model.zero_shot_composer(phis[1], template=template, image_weight=weight)
     return {f"zero-shot, 1-token pseudo-word (SEARLE), image weight {weight:g}": composer}
 
 
@@ -280,7 +285,7 @@ def other_seeds(backbone, train_features, args, shipped, test, features) -> list
     results, config = [], shipped.config
     for seed in args.extra_seeds:
         phi, _ = train(backbone, train_features, args, seed, config.word_tokens)
-        composer = inversion.zero_shot_composer(
+        composer = phi_model.zero_shot_composer(
             phi, template=config.template, image_weight=config.image_weight
         )
         results.append(evaluate_split(test, backbone, composer, features, progress=False).metrics)
@@ -296,7 +301,7 @@ def other_seeds(backbone, train_features, args, shipped, test, features) -> list
 def model_card(phi, info: dict, rows: list[list], args) -> str:
     return (
         "# shapes-phi: textual inversion for the Shapes world\n\n"
-        f"phi maps a `models/shapes-clip-tiny` image feature to a pseudo-word of "
+        f"phi maps a `precomputed/shapes-clip-tiny` image feature to a pseudo-word of "
         f"{phi.config.word_tokens} token(s) for the prompt "
         f"`{phi.config.template}` (zero-shot composed retrieval, SEARLE-style); the query adds "
         f"{phi.config.image_weight:g} x the reference image feature (`image_weight` in phi_config.json).\n"
@@ -304,7 +309,7 @@ def model_card(phi, info: dict, rows: list[list], args) -> str:
         "(no captions, no triplets); pseudo-word length, prompt and image weight were picked on a "
         "test-sized split of val scenes.\n\n"
         "Reproduce: `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
-        "data/shapes --split test --model models/shapes-clip-tiny --phi models/shapes-phi`.\n\n"
+        "precomputed/shapes --split test --model precomputed/shapes-clip-tiny --phi precomputed/shapes-phi`.\n\n"
         "Shapes test split:\n\n" + markdown_table(["query", *COLUMNS], rows) + "\n"
     )
 
@@ -324,7 +329,7 @@ def main() -> None:
     parser.add_argument(
         "--concepts", default="shapes", help="regulariser words (tagging vocabulary)"
     )
-    parser.add_argument("--template", default=inversion.DEFAULT_TEMPLATE)
+    parser.add_argument("--template", default=phi_model.DEFAULT_TEMPLATE)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shipped phi")
     parser.add_argument(
         "--word-tokens",
@@ -368,7 +373,7 @@ def main() -> None:
 
     infos = {}
     if args.phi:
-        loaded = inversion.load_phi(args.phi, device=backbone.device)
+        loaded = phi_model.load_phi(args.phi, device=backbone.device)
         phis = {loaded.config.word_tokens: loaded}
     else:
         images = train_images(args.data, args.train_images, args.seed)
@@ -402,7 +407,7 @@ def main() -> None:
         "sum": sum_composer,
         **searle_row(phis, choices),
         f"zero-shot, {chosen}-token pseudo-word, image weight {weight:g} (shipped)": (
-            inversion.zero_shot_composer(phi)
+            phi_model.zero_shot_composer(phi)
         ),
     }
     combiner = combiner_composer()
@@ -419,7 +424,7 @@ def main() -> None:
     zero_shot_rows = {k: v for k, v in composers.items() if k.startswith("zero-shot, ")}
     comparison = paired_comparison(test, backbone, zero_shot_rows, args)
     if not args.phi:
-        inversion.save_phi(phi, args.out)
+        phi_model.save_phi(phi, args.out)
         (args.out / "README.md").write_text(model_card(phi, info, rows, args))
 
     training = phi.config.training

@@ -6,10 +6,10 @@ of one painting). Each class has a clean "seed" rendering plus noisy "web" rende
 rotation, blur, colour cast, sensor noise, JPEG) of which some are wrong: a sibling scene
 (labelflip) or an unrelated scene (outlier). A verified test split holds clean-label noisy
 renderings of a subset of the classes. Everything is written to disk in the NoisyArt layout and
-read back with `retrieval.noisyart.read_noisyart`, so the same commands run on it:
+read back with `retrieval.art_data.read_noisyart`, so the same commands run on it:
 
     python -m bench.noisyart_benchmark                       # build data, evaluate, fine-tune, re-evaluate
-    python -m retrieval eval noisyart --root data/noisyart-shapes --model models/shapes-clip-tiny
+    python -m retrieval eval noisyart --root runs/noisyart-shapes --model precomputed/shapes-clip-tiny
 """
 
 from __future__ import annotations
@@ -26,14 +26,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from bench.report import markdown_table, write_section
-from retrieval import noisyart, shapes
+from bench.report import write_section
 from retrieval.backbone import load_backbone
 from retrieval.config import ROOT
-from retrieval.training import TrainConfig
+from retrieval.data import art as art_data
+from retrieval.eval import art as art_eval
+from retrieval.eval.report import markdown_table
+from retrieval.shapes import world as shapes
+from retrieval.train import art as art_train
+from retrieval.train.loop import TrainConfig
 
-MODEL = ROOT / "models" / "shapes-clip-tiny"
-DATA = ROOT / "data" / "noisyart-shapes"
+MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+DATA = ROOT / "runs" / "noisyart-shapes"
 URI_BASE = "http://example.org/shapes-art/resource/"
 
 
@@ -194,13 +198,13 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def evaluate_all(
-    specs: list[str], root: Path, device: str, options: noisyart.EvalOptions
+    specs: list[str], root: Path, device: str, options: art_eval.EvalOptions
 ) -> list[dict]:
-    test = noisyart.read_noisyart(root, "test_200")
-    train = noisyart.read_noisyart(root, "trainval_200")
+    test = art_data.read_noisyart(root, "test_200")
+    train = art_data.read_noisyart(root, "trainval_200")
     runs = []
     for label, spec in specs:
-        run = noisyart.evaluate(noisyart.load_feature_model(spec, device), test, train, options)
+        run = art_eval.evaluate(art_eval.load_feature_model(spec, device), test, train, options)
         run["model"] = label
         runs.append(run)
         print(
@@ -223,20 +227,20 @@ def finetune_run(model: Path, root: Path, out: Path, args, last_blocks: int) -> 
         validate_every=max(1, args.steps // 4),
         out_dir=str(out),
     )
-    val = noisyart.read_noisyart(root, "val")
-    return noisyart.finetune(
-        backbone, noisyart.read_noisyart(root, "train"), cfg, val, progress=False
+    val = art_data.read_noisyart(root, "val")
+    return art_train.finetune(
+        backbone, art_data.read_noisyart(root, "train"), cfg, val, progress=False
     )
 
 
 def section(stats: dict, runs: list[dict], trainings: dict, args) -> str:
-    metric_keys = list(noisyart.METRIC_LABELS)
+    metric_keys = list(art_eval.METRIC_LABELS)
     rows = [
         [run["model"]]
         + [100 * run["metrics"][k] if k in run["metrics"] else "-" for k in metric_keys]
         for run in runs
     ]
-    table = markdown_table(["model"] + [noisyart.METRIC_LABELS[k] for k in metric_keys], rows)
+    table = markdown_table(["model"] + [art_eval.METRIC_LABELS[k] for k in metric_keys], rows)
     base = runs[0]["metrics"]
     gains = []
     for run in runs[1:]:
@@ -256,7 +260,7 @@ def section(stats: dict, runs: list[dict], trainings: dict, args) -> str:
     return f"""
 Shapes-world analogue of NoisyArt written in the NoisyArt layout (`metadata.json`, `splits/trainval_3120/*.txt`,
 `trainval_3120/`, `trainval_200/`, `test_200/`, class folders `NNNN_http:^^...`) and read back by
-`retrieval.noisyart.read_noisyart`: {stats["classes"]} classes ({stats["groups"]} groups of {
+`retrieval.art_data.read_noisyart`: {stats["classes"]} classes ({stats["groups"]} groups of {
         stats["per_group"]
     }
 near-duplicate scenes), {stats["train_images"]} train / {stats["val_images"]} val images with
@@ -326,8 +330,8 @@ def main() -> None:
     data, runs_dir = Path(args.data), Path(args.runs)
     stats = build_dataset(data, groups=args.groups, seed=args.seed)
     print("dataset", stats, flush=True)
-    args.resnet = "resnet50" if noisyart._cached_resnet_weights() else "resnet50:random"
-    options = noisyart.EvalOptions(progress=False)
+    args.resnet = "resnet50" if art_eval._cached_resnet_weights() else "resnet50:random"
+    options = art_eval.EvalOptions(progress=False)
     trainings = {"full": finetune_run(Path(args.model), data, runs_dir / "full", args, 0)}
     if args.last_blocks:
         trainings[f"last {args.last_blocks} blocks"] = finetune_run(

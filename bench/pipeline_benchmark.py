@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench.report import markdown_table, write_section
+from bench.report import write_section
 from retrieval import index as index_module
 from retrieval.backbone import load_backbone
 from retrieval.config import Settings
 from retrieval.embed import _ImageFiles
+from retrieval.eval.report import markdown_table
 from retrieval.images import is_image_file
 from retrieval.index import build_index, write_version
 from retrieval.search import Searcher

@@ -40,12 +40,3 @@ def write_section(key: str, title: str, body: str) -> None:
     )
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
     BENCHMARKS.write_text(text)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def cell(value) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

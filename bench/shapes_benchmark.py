@@ -1,6 +1,6 @@
 """Shapes world benchmark: how well the shipped ShapesCLIP-Tiny retrieves held-out test scenes.
 
-    python bench/shapes_benchmark.py [--model models/shapes-clip-tiny] [--data data/shapes]
+    python bench/shapes_benchmark.py [--model precomputed/shapes-clip-tiny] [--data precomputed/shapes]
 
 Measures on the test split (gallery of >= 1,000 images, scenes never seen in training):
 text->image R@1/5/10 (canonical descriptions and paraphrased captions), image->image
@@ -24,11 +24,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.report import markdown_table, write_section  # noqa: E402
-from retrieval import shapes  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from retrieval.backbone import load_backbone  # noqa: E402
 from retrieval.config import SHAPES_MODEL_DIR  # noqa: E402
-from retrieval.training import recall_at_k  # noqa: E402
+from retrieval.data.composed import read_cirr  # noqa: E402
+from retrieval.eval.metrics import feature_ranks, recall_at_k  # noqa: E402
+from retrieval.eval.report import markdown_table  # noqa: E402
+from retrieval.shapes import world as shapes  # noqa: E402
 
 KS = (1, 5, 10)
 RERENDER_SEED = 1_000_003
@@ -59,30 +61,36 @@ def scene_of(row: dict) -> shapes.Scene:
     )
 
 
-def subset_recall_at_1(scores: torch.Tensor, rows: list[dict], position: dict[str, int]) -> float:
-    """CIRR Recall_subset@1: rank only the set's members other than the reference."""
+def subset_recall_at_1(scores: torch.Tensor, rows, position: dict[str, int]) -> float:
+    """CIRR Recall_subset@1 (percent): rank only the set's members other than the reference."""
     hits = 0
     for query, row in enumerate(rows):
-        members = [m for m in row["img_set"]["members"] if m != row["reference"]]
+        members = [m for m in row.members if m != row.reference]
         best = max(members, key=lambda name: float(scores[query, position[name]]))
-        hits += best == row["target_hard"]
-    return hits / len(rows)
+        hits += best == row.targets[0]
+    return 100 * hits / len(rows)
 
 
 def composed_metrics(
     query: torch.Tensor, gallery: torch.Tensor, rows, position
 ) -> dict[str, float]:
-    references = torch.tensor([position[r["reference"]] for r in rows])
-    targets = torch.tensor([position[r["target_hard"]] for r in rows])
-    metrics = recall_at_k(query, gallery, targets, KS, exclude_positions=references)
+    references = torch.tensor([position[r.reference] for r in rows])
+    targets = torch.tensor([position[r.targets[0]] for r in rows])
+    metrics = recall_at_k(feature_ranks(query, gallery, targets, references), KS)
     scores = F.normalize(query, dim=-1) @ gallery.T
     metrics["Rs@1"] = subset_recall_at_1(scores, rows, position)
     return metrics
 
 
+def recall(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
+    """Query i's target is gallery image i."""
+    return recall_at_k(feature_ranks(queries, gallery, torch.arange(len(gallery))), KS)
+
+
 def run(model: str, data: Path, split: str) -> tuple[str, dict]:
     torch.manual_seed(0)
-    rows, paths = shapes.read_split(data, split)
+    cirr = read_cirr(data, split)
+    rows, paths = cirr.queries, cirr.images
     metadata = {row["id"]: row for row in shapes.read_metadata_rows(data, split)}
     names = list(paths)
     position = {name: index for index, name in enumerate(names)}
@@ -93,17 +101,16 @@ def run(model: str, data: Path, split: str) -> tuple[str, dict]:
 
     descriptions = [metadata[name]["description"] for name in names]
     captions = [json.loads(metadata[name]["captions"])[0] for name in names]
-    everyone = torch.arange(len(names))
-    t2i = recall_at_k(encode_texts(backbone, descriptions), gallery, everyone, KS)
-    t2i_captions = recall_at_k(encode_texts(backbone, captions), gallery, everyone, KS)
+    t2i = recall(encode_texts(backbone, descriptions), gallery)
+    t2i_captions = recall(encode_texts(backbone, captions), gallery)
     rerendered = [
         shapes.render(scene_of(metadata[name]), RERENDER_SEED + index)[0]
         for index, name in enumerate(names)
     ]
-    i2i = recall_at_k(encode_images(backbone, rerendered), gallery, everyone, KS)
+    i2i = recall(encode_images(backbone, rerendered), gallery)
 
-    reference_features = gallery[[position[r["reference"]] for r in rows]]
-    caption_features = encode_texts(backbone, [r["caption"] for r in rows])
+    reference_features = gallery[[position[r.reference] for r in rows]]
+    caption_features = encode_texts(backbone, [r.captions[0] for r in rows])
     baselines = {
         "image only": reference_features,
         "text only": caption_features,
@@ -114,7 +121,7 @@ def run(model: str, data: Path, split: str) -> tuple[str, dict]:
     }
     by_kind = defaultdict(list)
     for index, row in enumerate(rows):
-        by_kind[row.get("edit", "?")].append(index)
+        by_kind[row.extra.get("edit", "?")].append(index)
     sum_by_kind = {
         kind: composed_metrics(baselines["sum"][idx], gallery, [rows[i] for i in idx], position)[
             "R@1"
@@ -141,7 +148,8 @@ def render_markdown(model: str, split: str, results: dict) -> str:
     lines = [
         f"Model `{Path(model).relative_to(ROOT) if Path(model).is_relative_to(ROOT) else model}`, "
         f"{split} split: gallery of {n} images (scenes disjoint from training), {results['triplets']} "
-        f"composed-retrieval triplets. Chance: R@1 = {1 / n:.4f}, R@10 = {10 / n:.4f}; subset Rs@1 = 0.2.",
+        f"composed-retrieval triplets. Recall in percent; chance: R@1 = {100 / n:.2f}, R@10 = {1000 / n:.2f}; "
+        "subset Rs@1 = 20.",
         "",
         markdown_table(
             ["task", "queries", "R@1", "R@5", "R@10"],
@@ -150,6 +158,7 @@ def render_markdown(model: str, split: str, results: dict) -> str:
                 ["text -> image (paraphrased caption)", n, *results["t2i_captions"].values()],
                 ["image -> image (same description, new rendering)", n, *results["i2i"].values()],
             ],
+            digits=1,
         ),
         "",
         "Composed retrieval (reference removed from its ranking; Rs@1 = CIRR subset recall among the 5 "
@@ -158,10 +167,11 @@ def render_markdown(model: str, split: str, results: dict) -> str:
         markdown_table(
             ["baseline", "R@1", "R@5", "R@10", "Rs@1"],
             [[name, *metrics.values()] for name, metrics in results["composed"].items()],
+            digits=1,
         ),
         "",
         "Sum baseline R@1 by edit kind: "
-        + ", ".join(f"{kind} {value:.3f}" for kind, value in results["sum_by_kind"].items()),
+        + ", ".join(f"{kind} {value:.1f}" for kind, value in results["sum_by_kind"].items()),
     ]
     if training_file.is_file():
         report = json.loads(training_file.read_text())
@@ -182,7 +192,7 @@ def main() -> None:
         "--model", default=str(SHAPES_MODEL_DIR), help="model folder (default: shipped model)"
     )
     parser.add_argument(
-        "--data", default=str(ROOT / "data" / "shapes"), help="CIRR-format Shapes folder"
+        "--data", default=str(ROOT / "precomputed" / "shapes"), help="CIRR-format Shapes folder"
     )
     parser.add_argument("--split", default="test")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from retrieval.config import DEFAULTS, ImageLimits
 from retrieval.errors import BadInput
+from retrieval.hub import HUB_PREFIX, fetch
 from retrieval.images import ImageSource, open_image
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -106,6 +107,21 @@ def _local_dir(spec: str) -> Path | None:
             raise BadInput(f"model folder {path} has no {CONFIG_FILE}")
         return path
     return None
+
+
+def model_config(spec: str) -> dict:
+    """The open_clip model config behind a spec, so a trained copy can be saved as a loadable folder."""
+    local = _local_dir(spec)
+    if local is None and spec.startswith(HUB_PREFIX):
+        local = fetch(spec, "model")
+    if local is not None:
+        return json.loads((Path(local) / CONFIG_FILE).read_text())["model_cfg"]
+    config = open_clip.get_model_config(spec.partition("/")[0])
+    if config is None:
+        raise BadInput(
+            f"no open_clip model config for {spec!r} (not a folder, hf-hub: repo or known architecture)"
+        )
+    return config
 
 
 def _create(spec: str, device: torch.device):
@@ -251,11 +267,7 @@ def save_backbone(model: torch.nn.Module, arch_or_cfg: str | dict, directory: st
     """Write the open_clip local-dir layout (config + safetensors) that `load_backbone` reads."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model_cfg = (
-        open_clip.get_model_config(arch_or_cfg) if isinstance(arch_or_cfg, str) else arch_or_cfg
-    )
-    if model_cfg is None:
-        raise BadInput(f"no open_clip config for {arch_or_cfg!r}")
+    model_cfg = model_config(arch_or_cfg) if isinstance(arch_or_cfg, str) else arch_or_cfg
     visual = model.visual
     preprocess_cfg = {
         "size": model_cfg["vision_cfg"]["image_size"],

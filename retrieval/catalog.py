@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.backbone import Backbone, load_backbone
+from retrieval.composed.combiner import combiner_composer, load_combiner
+from retrieval.composed.phi import load_phi, zero_shot_composer
 from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import NotFound, RetrievalError
 from retrieval.hub import fetch
@@ -63,12 +65,8 @@ def composers_for(spec: CollectionSpec) -> dict:
     """Composed-search methods whose weights this collection ships (sum is always there)."""
     composers = {}
     if spec.combiner:
-        from retrieval.combiner import combiner_composer, load_combiner
-
         composers["combiner"] = combiner_composer(load_combiner(str(fetch(spec.combiner, "model"))))
     if spec.phi:
-        from retrieval.inversion import load_phi, zero_shot_composer
-
         composers["zero-shot"] = zero_shot_composer(load_phi(str(fetch(spec.phi, "model"))))
     return composers
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES_MODEL_DIR = ROOT / "models" / "shapes-clip-tiny"
-SHAPES_INDEX_DIR = ROOT / "data" / "shapes" / "index"
+SHAPES_MODEL_DIR = ROOT / "precomputed" / "shapes-clip-tiny"
+SHAPES_INDEX_DIR = ROOT / "precomputed" / "shapes" / "index"
 
 
 def _env_value(name: str, default):

@@ -202,6 +202,11 @@ class Index:
         root = Path(self.manifest.get("source_root") or ".")
         return root if root.is_absolute() else (self.directory / root).resolve()
 
+    def metadata_file(self) -> Path | None:
+        """The metadata file the index was built from (recorded relative to the index, like images)."""
+        recorded = self.manifest.get("metadata_file")
+        return (self.directory / recorded).resolve() if recorded else None
+
     def image_path(self, item_id: str) -> Path:
         """The full-size original if it is still there, else the thumbnail."""
         item = self.item(item_id)
@@ -370,7 +375,7 @@ def build_index(
         "index_type": index_type,
         "index_params": index_params or {},
         "source_root": _portable_root(folder, out_dir),
-        "metadata_file": str(metadata) if metadata else None,
+        "metadata_file": _portable_root(Path(metadata), out_dir) if metadata else None,
     }
     index = write_version(out_dir, manifest, rows, vectors)
     return BuildReport(index, added=len(rows), skipped=skipped + failed)
@@ -401,7 +406,7 @@ def update_index(
     """Embed only new or changed files, drop deleted ones, refresh metadata of the rest."""
     index = Index.load(out_dir, backbone)
     folder = Path(folder) if folder else index.source_root()
-    metadata = metadata or index.manifest.get("metadata_file")
+    metadata = metadata or index.metadata_file()
     items, skipped = scan_folder(folder, metadata)
     old = {row["id"]: position for position, row in enumerate(index.items)}
     keep_rows, keep_vectors, todo = [], [], []

@@ -1,46 +1,21 @@
-"""Search: turn a query (text, image, item, or image + modification text) into ranked items.
-
-Every query becomes one normalised vector, then the index ranks items by inner product; filters,
-thresholds and paging are applied here so every caller (CLI, UI, API) behaves the same.
-"""
+"""TODO"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from retrieval.backbone import Backbone
+from retrieval.composed.baselines import Composer, sum_composer
 from retrieval.config import DEFAULTS
 from retrieval.errors import BadInput
 from retrieval.images import ImageSource
 from retrieval.index import Index
 
-Composer = Callable[[Backbone, torch.Tensor, list[str]], torch.Tensor]
 _YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
-
-
-def sum_composer(
-    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
-) -> torch.Tensor:
-    """Training-free baseline: normalise(image + text)."""
-    text_features = backbone.encode_token_ids(backbone.tokenize(texts)).to(image_features.device)
-    return torch.nn.functional.normalize(image_features + text_features, dim=-1)
-
-
-def image_only_composer(
-    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
-) -> torch.Tensor:
-    return image_features
-
-
-def text_only_composer(
-    backbone: Backbone, image_features: torch.Tensor, texts: list[str]
-) -> torch.Tensor:
-    return backbone.encode_token_ids(backbone.tokenize(texts)).to(image_features.device)
 
 
 @dataclass

@@ -60,14 +60,15 @@ def shipped_shapes_recall(method: str) -> dict[str, dict[str, float]]:
     method of the shipped Shapes collection (its own weights, as the app serves it)."""
     from retrieval.backbone import load_backbone
     from retrieval.catalog import Catalog, composers_for
+    from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
     from retrieval.config import ROOT, SHAPES_MODEL_DIR
-    from retrieval.datasets import read_cirr, split_features
-    from retrieval.evaluation import evaluate_split
-    from retrieval.search import image_only_composer, sum_composer, text_only_composer
+    from retrieval.data.composed import read_cirr
+    from retrieval.data.features import split_features
+    from retrieval.eval.composed import evaluate_split
 
     spec = Catalog.from_file(ROOT / "collections.json").specs["shapes"]
     backbone = load_backbone(str(SHAPES_MODEL_DIR), device="cpu")
-    test = read_cirr(ROOT / "data" / "shapes", "test")
+    test = read_cirr(ROOT / "precomputed" / "shapes", "test")
     features = split_features(test, backbone, cache=False, progress=False)
     composers = {
         "image": image_only_composer,

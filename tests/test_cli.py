@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retrieval.cli import build_parser, main
+from retrieval.cli.main import build_parser, main
 from tests.helpers import make_collection
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,26 +8,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from retrieval import combiner as combiner_module
 from retrieval.backbone import load_backbone
-from retrieval.cli import main
-from retrieval.combiner import (
+from retrieval.cli.main import main
+from retrieval.composed.combiner import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     Combiner,
     CombinerConfig,
-    TripletFeatures,
     combiner_composer,
-    combiner_step,
     load_combiner,
     new_combiner,
     save_combiner,
-    stage2_config,
-    triplet_features,
 )
-from retrieval.datasets import read_fashioniq
+from retrieval.data.composed import read_fashioniq
 from retrieval.errors import IndexMismatch, NotFound
-from retrieval.training import train_loop
+from retrieval.train import composed as composed_training
+from retrieval.train.composed import TripletFeatures, combiner_step, stage2_config, triplet_features
+from retrieval.train.loop import train_loop
 from tests.helpers import shipped_shapes_recall
 from tests.test_datasets import make_cirr, make_fashioniq
 
@@ -248,7 +245,7 @@ def test_train_stage1_writes_a_loadable_backbone(tmp_path, micro_model_dir):
 
 def test_combiner_config_is_plain_json():
     assert set(CombinerConfig(dim=4).__dict__) >= {"dim", "dropout", "model_spec", "preprocessing"}
-    assert combiner_module.STAGE2_LR == 2e-5
+    assert composed_training.STAGE2_LR == 2e-5
 
 
 def test_shipped_combiner_beats_the_baselines_by_ten_points():

@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval import datasets
-from retrieval.datasets import (
-    FeatureCache,
-    fashioniq_caption,
-    read_circo,
-    read_cirr,
-    read_fashioniq,
-)
+from retrieval.data import features as features
+from retrieval.data.composed import fashioniq_caption, read_circo, read_cirr, read_fashioniq
+from retrieval.data.features import FeatureCache
 from retrieval.errors import BadInput, NotFound
 from tests.helpers import COLOURS, draw_scene
 
@@ -224,13 +219,13 @@ def test_circo_reader(tmp_path, with_info):
 def counted_embedding(monkeypatch):
     """Counts the images actually embedded (the real embedding still runs)."""
     calls = []
-    real = datasets.embed_image_paths
+    real = features.embed_image_paths
 
     def counting(backbone, paths, *args, **kwargs):
         calls.append(len(paths))
         return real(backbone, paths, *args, **kwargs)
 
-    monkeypatch.setattr(datasets, "embed_image_paths", counting)
+    monkeypatch.setattr(features, "embed_image_paths", counting)
     return calls
 
 
@@ -239,15 +234,15 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, micro_backbone, counted_
     split = read_cirr(root, "val")
     paths = [split.images[name] for name in split.gallery]
     cache_dir = tmp_path / "cache"
-    first = datasets.image_features(micro_backbone, paths, cache_dir, progress=False)
+    first = features.image_features(micro_backbone, paths, cache_dir, progress=False)
     assert counted_embedding == [8]
-    again = datasets.image_features(micro_backbone, paths[::-1], cache_dir, progress=False)
+    again = features.image_features(micro_backbone, paths[::-1], cache_dir, progress=False)
     assert counted_embedding == [8]  # nothing re-embedded, order follows the request
     assert torch.allclose(again, first.flip(0))
     assert torch.allclose(first, torch.from_numpy(micro_backbone.encode_images(paths)), atol=1e-5)
     stat = paths[0].stat()
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
-    datasets.image_features(micro_backbone, paths, cache_dir, progress=False)
+    features.image_features(micro_backbone, paths, cache_dir, progress=False)
     assert counted_embedding == [8, 1]  # only the changed file
     padded = micro_backbone.with_preprocessing("squarepad")
     assert (
@@ -272,8 +267,8 @@ def test_feature_cache_key_changes_with_weights(micro_backbone):
         micro_backbone.device,
     )
     assert (
-        datasets.feature_cache_key(other)["weights"]
-        != datasets.feature_cache_key(micro_backbone)["weights"]
+        features.feature_cache_key(other)["weights"]
+        != features.feature_cache_key(micro_backbone)["weights"]
     )
 
 
@@ -282,6 +277,6 @@ def test_unreadable_image_is_an_error(tmp_path, micro_backbone):
     split = read_cirr(root, "val")
     split.images["dev-0-0-img2"].write_bytes(b"not an image")
     with pytest.raises(BadInput, match="could not be read"):
-        datasets.image_features(
+        features.image_features(
             micro_backbone, list(split.images.values()), cache=False, progress=False
         )

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from retrieval.cli import main
-from retrieval.datasets import ComposedSplit, Query, read_circo, read_cirr, read_fashioniq
+from retrieval.cli.main import main
+from retrieval.composed.baselines import image_only_composer
+from retrieval.data.composed import ComposedSplit, Query, read_circo, read_cirr, read_fashioniq
 from retrieval.errors import BadInput
-from retrieval.evaluation import (
+from retrieval.eval.composed import evaluate_split
+from retrieval.eval.metrics import (
     average_precision_at_k,
-    evaluate_split,
     map_at_k,
     paired_bootstrap,
     ranked_positions,
@@ -20,7 +21,6 @@ from retrieval.evaluation import (
     subset_rank,
     target_ranks,
 )
-from retrieval.search import image_only_composer
 from tests.test_datasets import make_circo, make_cirr, make_fashioniq
 
 

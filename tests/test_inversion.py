@@ -9,26 +9,23 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval import inversion
-from retrieval.errors import BadInput, IndexMismatch, NotFound, RetrievalError
-from retrieval.inversion import (
-    OTIOptions,
+from retrieval.composed import phi as phi_model
+from retrieval.composed.phi import (
     Phi,
     PhiConfig,
     ZeroShotComposer,
     caption_orders,
-    distill_phi,
     encode_prompts,
-    invert_images,
     load_phi,
     new_phi,
-    phi_train_config,
     placeholder_token_id,
     save_phi,
-    train_phi,
     word_embedding,
     zero_shot_composer,
 )
+from retrieval.errors import BadInput, IndexMismatch, NotFound, RetrievalError
+from retrieval.train import phi as phi_training
+from retrieval.train.phi import OTIOptions, distill_phi, invert_images, phi_train_config, train_phi
 from tests.helpers import shipped_shapes_recall
 
 CONCEPTS = ["red", "green", "blue", "circle", "square"]
@@ -98,8 +95,8 @@ def test_pseudo_word_of_several_tokens_encodes_like_those_words(micro_backbone):
 
 
 def test_gradients_reach_the_pseudo_token_not_the_model(micro_backbone):
-    tokens = torch.zeros(2, inversion.token_width(micro_backbone.model), requires_grad=True)
-    with inversion._FrozenModel(micro_backbone.model):
+    tokens = torch.zeros(2, phi_model.token_width(micro_backbone.model), requires_grad=True)
+    with phi_training._FrozenModel(micro_backbone.model):
         features = encode_prompts(
             micro_backbone, ["a photo of $", "a photo of $ that is blue"], tokens
         )
@@ -113,7 +110,7 @@ def test_prompt_without_placeholder_is_refused(micro_backbone):
     with pytest.raises(BadInput, match="placeholder"):
         encode_prompts(micro_backbone, ["a photo of a cat"], torch.zeros(1, 64))
     with pytest.raises(BadInput, match="placeholder"):
-        inversion.fill_template("a photo of {caption}", "red")
+        phi_model.fill_template("a photo of {caption}", "red")
 
 
 # --------------------------------------------------------------------------- phi
@@ -121,7 +118,7 @@ def test_prompt_without_placeholder_is_refused(micro_backbone):
 
 def test_phi_architecture_and_shapes(micro_backbone):
     phi = new_phi(micro_backbone)
-    d, w = micro_backbone.dim, inversion.token_width(micro_backbone.model)
+    d, w = micro_backbone.dim, phi_model.token_width(micro_backbone.model)
     linears = [m for m in phi.layers if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
         (d, 4 * d),
@@ -161,13 +158,13 @@ def test_contrastive_training_lowers_the_loss(micro_backbone, word_tokens):
 def test_phi_is_trained_in_every_train_prompt(micro_backbone, monkeypatch):
     """Each step draws a train prompt per image, so the pseudo-word sees all its contexts."""
     seen = []
-    encode = inversion.encode_prompts
+    encode = phi_model.encode_prompts
 
     def spy(backbone, prompts, tokens, placeholder="$"):
         seen.extend(prompts)
         return encode(backbone, prompts, tokens, placeholder)
 
-    monkeypatch.setattr(inversion, "encode_prompts", spy)
+    monkeypatch.setattr(phi_training, "encode_prompts", spy)
     prompts = ["a photo of $", "there is $ here", "$ on a wall"]
     cfg = phi_train_config(steps=6, batch_size=8, validate_every=3)
     phi, _ = train_phi(
@@ -180,7 +177,7 @@ def test_phi_is_trained_in_every_train_prompt(micro_backbone, monkeypatch):
     )
     assert set(seen) == set(prompts) and len(seen) == 6 * 8
     assert phi.config.train_prompts == prompts
-    assert new_phi(micro_backbone).config.train_prompts == inversion.default_train_prompts()
+    assert new_phi(micro_backbone).config.train_prompts == phi_model.default_train_prompts()
     with pytest.raises(BadInput, match="placeholder"):
         train_phi(
             micro_backbone, random_features(4, micro_backbone.dim), cfg, train_prompts=["a photo"]
@@ -205,7 +202,7 @@ def test_oti_then_distillation_lowers_their_losses(micro_backbone):
         OTIOptions(steps=25, lr=2e-2, word_tokens=2, progress=False),
         concepts=CONCEPTS,
     )
-    assert tokens.shape == (8, 2, inversion.token_width(micro_backbone.model))
+    assert tokens.shape == (8, 2, phi_model.token_width(micro_backbone.model))
     assert curve[-1] < curve[0]
     cfg = phi_train_config(steps=12, batch_size=8, lr=1e-3, validate_every=4)
     phi, history = distill_phi(
@@ -330,18 +327,18 @@ def test_training_features_come_from_a_folder_or_an_index(micro_backbone, tmp_pa
     from retrieval.index import build_index
 
     images = _coloured_images(tmp_path / "images")
-    from_folder = inversion.features_from_images(micro_backbone, images, progress=False)
+    from_folder = phi_training.features_from_images(micro_backbone, images, progress=False)
     build_index(images, tmp_path / "index", micro_backbone)
-    from_index = inversion.features_from_index(micro_backbone, tmp_path / "index")
+    from_index = phi_training.features_from_index(micro_backbone, tmp_path / "index")
     assert from_folder.shape == from_index.shape == (12, micro_backbone.dim)
     np.testing.assert_allclose(np.sort(from_folder, axis=0), np.sort(from_index, axis=0), atol=1e-5)
     with pytest.raises(NotFound):
-        inversion.features_from_images(micro_backbone, tmp_path / "empty-or-missing")
+        phi_training.features_from_images(micro_backbone, tmp_path / "empty-or-missing")
 
 
 def test_cli_trains_phi_and_searcher_uses_it(micro_model_dir, micro_backbone, tmp_path):
     """train-phi on an index's vectors, then a composed search through Searcher with method zero-shot."""
-    from retrieval.cli import main
+    from retrieval.cli.main import main
     from retrieval.index import build_index
     from retrieval.search import Searcher
 

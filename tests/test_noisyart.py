@@ -11,24 +11,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval import noisyart
-from retrieval.cli import main
-from retrieval.errors import BadInput, NotFound
-from retrieval.noisyart import (
+from retrieval.cli.main import main
+from retrieval.data.art import (
     ArtClass,
-    DistinctClassBatches,
-    EvalOptions,
-    average_precisions,
-    evaluate,
     folder_to_uri,
-    linear_probe_accuracy,
-    mean_average_precision,
     parse_split_line,
     read_class_folders,
     read_noisyart,
     title_prompt,
-    topk_accuracy,
 )
+from retrieval.errors import BadInput, NotFound
+from retrieval.eval import art as art_eval
+from retrieval.eval.art import EvalOptions, evaluate, linear_probe_accuracy
+from retrieval.eval.metrics import average_precisions, mean_average_precision, topk_accuracy
+from retrieval.train.art import DistinctClassBatches
 
 COLOURS = {
     "Red": (220, 30, 30),
@@ -305,17 +301,17 @@ def test_every_task_is_perfect_for_features_that_see_the_class(noisyart_root):
     test = read_noisyart(noisyart_root, "test_200")
     train = read_noisyart(noisyart_root, "trainval_200")
     run = evaluate(ColourOracle(), test, train, EvalOptions(progress=False))
-    assert set(run["metrics"]) == set(noisyart.METRIC_LABELS)
+    assert set(run["metrics"]) == set(art_eval.METRIC_LABELS)
     assert all(value == pytest.approx(1.0) for value in run["metrics"].values()), run["metrics"]
     assert run["counts"] == {"images": 12, "classes": 4, "train_images": 12, "train_classes": 4}
 
 
 def test_clip_evaluation_on_the_fixture(noisyart_root, micro_backbone):
     test = read_noisyart(noisyart_root, "test_200")
-    model = noisyart.ClipFeatures(micro_backbone)
+    model = art_eval.ClipFeatures(micro_backbone)
     run = evaluate(model, test, read_noisyart(noisyart_root, "train"), EvalOptions(progress=False))
     metrics = run["metrics"]
-    assert set(metrics) == set(noisyart.METRIC_LABELS)
+    assert set(metrics) == set(art_eval.METRIC_LABELS)
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
     assert metrics["zs_title_top5"] == 1.0  # only 4 candidate classes
     everything = evaluate(model, test, None, EvalOptions(candidates="all", progress=False))[
@@ -332,7 +328,7 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, micro_backbone):
     broken = next((root / "test_200").iterdir()) / "broken.jpg"
     broken.write_bytes(b"not an image")
     run = evaluate(
-        noisyart.ClipFeatures(micro_backbone),
+        art_eval.ClipFeatures(micro_backbone),
         read_noisyart(root, "test_200"),
         None,
         EvalOptions(progress=False),
@@ -342,21 +338,21 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, micro_backbone):
 
 
 def test_resnet50_baseline_is_image_only(noisyart_root):
-    model = noisyart.load_feature_model("resnet50:random", device="cpu")
+    model = art_eval.load_feature_model("resnet50:random", device="cpu")
     test = read_noisyart(noisyart_root, "test_200")
     run = evaluate(
         model, test, read_noisyart(noisyart_root, "trainval_200"), EvalOptions(progress=False)
     )
     assert set(run["metrics"]) == {"map_image", "probe_top1", "probe_top5"}
     assert 0.0 < run["metrics"]["map_image"] <= 1.0
-    table = noisyart.markdown_results([run])
+    table = art_eval.markdown_results([run])
     assert "artwork->artwork mAP" in table and "ZS" not in table
 
 
 def test_resnet50_without_local_weights_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache; nothing is downloaded
     with pytest.raises(NotFound, match="IMAGENET1K_V2"):
-        noisyart.load_feature_model("resnet50", device="cpu")
+        art_eval.load_feature_model("resnet50", device="cpu")
 
 
 def test_eval_command_writes_json_and_markdown(noisyart_root, micro_model_dir, tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.cli import main
+from retrieval.cli.main import main
 from retrieval.errors import BadInput, NotFound
 from retrieval.index import Index, build_index
 from retrieval.search import Filters, Searcher
@@ -219,7 +219,7 @@ def test_cli_store_puts_tags_in_metadata_usable_as_search_filter(
 
 
 def test_shapes_vocabulary_covers_exactly_the_shapes_world_attributes():
-    from retrieval import shapes
+    from retrieval.shapes import world as shapes
 
     vocabulary = load_vocabulary("shapes")
     assert set(vocabulary.group("colour").terms) == set(shapes.COLOURS)
@@ -232,8 +232,8 @@ def colour_check(model_dir, count: int = 40) -> tuple[float, float]:
     """Top colour accuracy on one-object scenes, and chance."""
     import numpy as np
 
-    from retrieval import shapes
     from retrieval.backbone import load_backbone
+    from retrieval.shapes import world as shapes
 
     backbone = load_backbone(str(model_dir), device="cpu")
     rng = np.random.default_rng(3)

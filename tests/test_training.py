@@ -11,18 +11,21 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from retrieval import training
 from retrieval.backbone import load_backbone, new_model
 from retrieval.errors import BadInput
-from retrieval.training import TrainConfig
+from retrieval.eval.metrics import feature_ranks, recall_at_k
+from retrieval.train import clip as clip_training
+from retrieval.train import composed as composed_training
+from retrieval.train import loop as loop
+from retrieval.train.loop import TrainConfig
 
 
 def test_clip_loss_is_low_for_matching_pairs_and_chance_for_random():
     torch.manual_seed(0)
     features = torch.nn.functional.normalize(torch.randn(16, 32), dim=-1)
-    matched = training.clip_loss(features, features, logit_scale=100.0)
-    shuffled = training.clip_loss(features, features.roll(1, dims=0), logit_scale=100.0)
-    uniform = training.clip_loss(features, features, logit_scale=0.0)
+    matched = clip_training.clip_loss(features, features, logit_scale=100.0)
+    shuffled = clip_training.clip_loss(features, features.roll(1, dims=0), logit_scale=100.0)
+    uniform = clip_training.clip_loss(features, features, logit_scale=0.0)
     assert matched < 0.01
     assert shuffled > 10
     assert uniform == pytest.approx(math.log(16), rel=1e-4)
@@ -31,21 +34,21 @@ def test_clip_loss_is_low_for_matching_pairs_and_chance_for_random():
 def test_clip_loss_is_symmetric_in_images_and_texts():
     torch.manual_seed(1)
     images, texts = torch.randn(8, 16), torch.randn(8, 16)
-    assert training.clip_loss(images, texts, 10.0) == pytest.approx(
-        float(training.clip_loss(texts, images, 10.0))
+    assert clip_training.clip_loss(images, texts, 10.0) == pytest.approx(
+        float(clip_training.clip_loss(texts, images, 10.0))
     )
 
 
 def test_composed_loss_rewards_the_matching_target():
     torch.manual_seed(2)
     targets = torch.randn(8, 16)
-    assert training.composed_loss(targets, targets) < 0.01
-    assert training.composed_loss(targets, targets.roll(1, dims=0)) > 5
+    assert composed_training.composed_loss(targets, targets) < 0.01
+    assert composed_training.composed_loss(targets, targets.roll(1, dims=0)) > 5
 
 
 def test_set_trainable_text_tower_only_freezes_the_image_tower():
     model, _, _ = new_model("ShapesCLIP-Micro", device="cpu")
-    count = training.set_trainable(model, towers="text", logit_scale=False)
+    count = loop.set_trainable(model, towers="text", logit_scale=False)
     assert count > 0
     assert not any(p.requires_grad for p in model.visual.parameters())
     assert model.token_embedding.weight.requires_grad and model.text_projection.requires_grad
@@ -54,7 +57,7 @@ def test_set_trainable_text_tower_only_freezes_the_image_tower():
 
 def test_set_trainable_last_blocks_keeps_earlier_blocks_frozen():
     model, _, _ = new_model("ShapesCLIP-Micro", device="cpu")
-    training.set_trainable(model, towers="both", last_blocks=1)
+    loop.set_trainable(model, towers="both", last_blocks=1)
     image_blocks, text_blocks = model.visual.transformer.resblocks, model.transformer.resblocks
     assert all(p.requires_grad for p in image_blocks[-1].parameters())
     assert not any(p.requires_grad for p in image_blocks[0].parameters())
@@ -70,17 +73,17 @@ def test_set_trainable_last_blocks_keeps_earlier_blocks_frozen():
 def test_set_trainable_rejects_unknown_tower():
     model, _, _ = new_model("ShapesCLIP-Micro", device="cpu")
     with pytest.raises(BadInput):
-        training.set_trainable(model, towers="audio")
+        loop.set_trainable(model, towers="audio")
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    rates = [training.learning_rate(cfg, step) for step in range(100)]
+    rates = [loop.learning_rate(cfg, step) for step in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
     assert rates[-1] == pytest.approx(0.1, abs=0.01)
     assert (
-        training.learning_rate(TrainConfig(lr=0.5, warmup_steps=0, schedule="constant"), 999) == 0.5
+        loop.learning_rate(TrainConfig(lr=0.5, warmup_steps=0, schedule="constant"), 999) == 0.5
     )
 
 
@@ -132,7 +135,7 @@ def _line_validate(model):
 
 def test_train_loop_learns_validates_and_keeps_the_best(tmp_path):
     model = _Line()
-    result = training.train_loop(
+    result = loop.train_loop(
         model,
         _line_loader(),
         _line_cfg(tmp_path),
@@ -146,38 +149,38 @@ def test_train_loop_learns_validates_and_keeps_the_best(tmp_path):
     assert [row["step"] for row in result.history] == [10, 20, 30, 40]
     best = max(result.history, key=lambda row: row["score"])
     assert result.best_step == best["step"]
-    saved = json.loads((tmp_path / "best" / training.STATE_FILE).read_text())
+    saved = json.loads((tmp_path / "best" / loop.STATE_FILE).read_text())
     assert saved["step"] == result.best_step and saved["config"]["lr"] == 0.1
-    assert set(load_file(str(tmp_path / "best" / training.MODEL_FILE))) == {"a", "b"}
+    assert set(load_file(str(tmp_path / "best" / loop.MODEL_FILE))) == {"a", "b"}
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = _Line()
-    training.train_loop(
+    loop.train_loop(
         straight, _line_loader(), _line_cfg(tmp_path / "a"), _line_loss, progress=False
     )
     first = _Line()
-    training.train_loop(
+    loop.train_loop(
         first, _line_loader(), _line_cfg(tmp_path / "b", steps=20), _line_loss, progress=False
     )
     resumed = _Line()
     cfg = _line_cfg(tmp_path / "c", resume=str(tmp_path / "b" / "last"))
-    training.train_loop(resumed, _line_loader(), cfg, _line_loss, progress=False)
+    loop.train_loop(resumed, _line_loader(), cfg, _line_loss, progress=False)
     assert torch.equal(resumed.a, straight.a) and torch.equal(resumed.b, straight.b)
     assert not torch.equal(first.a, straight.a)
 
 
 def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
     model = _Line()
-    optimizer = training.make_optimizer(model, TrainConfig(lr=0.1))
+    optimizer = loop.make_optimizer(model, TrainConfig(lr=0.1))
     _line_loss(model, next(iter(_line_loader()))).backward()
     optimizer.step()
-    training.save_checkpoint(
+    loop.save_checkpoint(
         tmp_path, model, TrainConfig(lr=0.1), step=7, metrics={"m": 1.0}, optimizer=optimizer
     )
-    restored, restored_optimizer = _Line(), training.make_optimizer(_Line(), TrainConfig(lr=0.1))
-    restored_optimizer = training.make_optimizer(restored, TrainConfig(lr=0.1))
-    info = training.load_checkpoint(tmp_path, restored, restored_optimizer)
+    restored, restored_optimizer = _Line(), loop.make_optimizer(_Line(), TrainConfig(lr=0.1))
+    restored_optimizer = loop.make_optimizer(restored, TrainConfig(lr=0.1))
+    info = loop.load_checkpoint(tmp_path, restored, restored_optimizer)
     assert info["step"] == 7 and info["metrics"] == {"m": 1.0}
     assert torch.equal(restored.a, model.a)
     assert restored_optimizer.state_dict()["state"][0]["exp_avg"].equal(
@@ -185,12 +188,14 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
     )
 
 
-def test_recall_at_k_counts_ranks_and_excludes_the_reference():
+def test_feature_ranks_count_ranks_and_exclude_the_reference():
     gallery = torch.eye(4)
     queries = torch.tensor([[1.0, 0.9, 0, 0], [0, 1.0, 0, 0]])
-    assert training.recall_at_k(queries, gallery, [1, 1], ks=(1, 2)) == {"R@1": 0.5, "R@2": 1.0}
-    excluded = training.recall_at_k(queries, gallery, [1, 1], ks=(1,), exclude_positions=[0, -1])
-    assert excluded == {"R@1": 1.0}
+    ranks = feature_ranks(queries, gallery, [1, 1])
+    assert ranks.tolist() == [1, 0]
+    assert recall_at_k(ranks, ks=(1, 2)) == {"R@1": 50.0, "R@2": 100.0}
+    excluded = feature_ranks(queries, gallery, [1, 1], exclude=[0, -1])
+    assert recall_at_k(excluded, ks=(1,)) == {"R@1": 100.0}
 
 
 def test_train_composed_moves_the_weights_with_clip4cir_defaults():
@@ -200,14 +205,14 @@ def test_train_composed_moves_the_weights_with_clip4cir_defaults():
     tokens = torch.randint(1, 400, (8, 32))
     batch = (torch.randn(8, 3, 32, 32), tokens, torch.randn(8, 3, 32, 32))
     cfg = TrainConfig.composed_defaults(steps=2, lr=1e-3, device="cpu")
-    result = training.train_composed(model, [batch], cfg, progress=False)
+    result = composed_training.train_composed(model, [batch], cfg, progress=False)
     assert result.step == 2
     assert not torch.equal(before, model.visual.proj.detach())
     assert not model.logit_scale.requires_grad
 
 
 def test_train_clip_command_on_a_pairs_csv_exports_a_loadable_model(tmp_path):
-    from retrieval.cli import main
+    from retrieval.cli.main import main
 
     rows = []
     for index, (name, colour) in enumerate([("red", (255, 0, 0)), ("blue", (0, 0, 255))] * 4):
@@ -247,7 +252,7 @@ def test_train_clip_command_on_a_pairs_csv_exports_a_loadable_model(tmp_path):
 
 
 def test_train_clip_command_reports_missing_data(tmp_path, capsys):
-    from retrieval.cli import main
+    from retrieval.cli.main import main
 
     assert (
         main(

@@ -1,19 +1,4 @@
-"""The Shapes world: procedurally generated scenes whose ground truth is known exactly.
-
-No pretrained weights or public datasets can be downloaded here, so every feature (text, image
-and composed search, tagging, heatmaps, training) is demonstrated on this seeded world.
-
-A scene holds 1 to 3 objects, each with a shape, a colour, a size and a position (one object per
-position). A scene's canonical description is unique to it; captions paraphrase it; two renderings
-of one scene differ in pixels (jittered position, size, rotation, colour and background).
-
-Splits are disjoint by scene: a scene belongs to train, val or test by a hash of its description.
-`write_dataset` writes the CIRR on-disk format (captions/cap.rc2.{split}.json,
-image_splits/split.rc2.{split}.json, images under {split}/) plus `metadata.csv` for the
-collection reader. Each gallery set is a reference scene, five single-edit variants of it
-(the CIRR `img_set`, which doubles as "looks like the reference" distractors) and two scenes that
-contain the edited object elsewhere ("matches only the text" distractors).
-"""
+"""TODO"""
 
 from __future__ import annotations
 
@@ -26,10 +11,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star")
+
+
 COLOURS = {
     "red": (215, 35, 35),
     "green": (30, 160, 60),
@@ -40,8 +26,14 @@ COLOURS = {
     "pink": (245, 135, 195),
     "cyan": (40, 200, 215),
 }
+
+
 SIZES = ("small", "large")
+
+
 POSITIONS = ("left", "top", "centre", "bottom", "right")  # canonical reading order
+
+
 CENTRES = {
     "left": (0.18, 0.5),
     "top": (0.5, 0.18),
@@ -49,14 +41,32 @@ CENTRES = {
     "bottom": (0.5, 0.82),
     "right": (0.82, 0.5),
 }
+
+
 HALF_SIZE = {"small": 0.075, "large": 0.125}  # fraction of the image side
+
+
 IMAGE_SIZE = 64
+
+
 SUPERSAMPLE = 2
+
+
 MAX_OBJECTS = 3
+
+
 SPLIT_SHARES = {"test": 10, "val": 10}  # percent of scenes; the rest is train
+
+
 EDIT_KINDS = ("colour", "shape", "size", "add", "remove", "move")
+
+
 SET_VARIANTS = 5
+
+
 TEXT_DISTRACTORS = 2
+
+
 BACKGROUNDS = (
     (232, 232, 232),
     (214, 210, 200),
@@ -89,8 +99,6 @@ def make_scene(objects) -> Scene:
     return scene
 
 
-# --------------------------------------------------------------------------- language
-
 POSITION_PHRASES = {
     "left": ("on the left", "at the left", "on the left side", "to the left"),
     "right": ("on the right", "at the right", "on the right side", "to the right"),
@@ -98,6 +106,8 @@ POSITION_PHRASES = {
     "bottom": ("at the bottom", "at the bottom edge", "near the bottom", "down below"),
     "centre": ("in the centre", "in the middle", "at the center", "in the center"),
 }
+
+
 MOVE_PHRASES = {
     "left": ("to the left", "to the left side", "over to the left"),
     "right": ("to the right", "to the right side", "over to the right"),
@@ -105,7 +115,11 @@ MOVE_PHRASES = {
     "bottom": ("to the bottom", "down to the bottom", "to the bottom edge"),
     "centre": ("to the centre", "to the middle", "to the center"),
 }
+
+
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
+
+
 PREFIXES = ("", "", "a picture of ", "an image with ", "a drawing of ", "a scene with ")
 
 
@@ -168,9 +182,6 @@ def split_of(scene: Scene) -> str:
     if bucket < SPLIT_SHARES["test"] + SPLIT_SHARES["val"]:
         return "val"
     return "train"
-
-
-# --------------------------------------------------------------------------- sampling
 
 
 COLOUR_NAMES = tuple(COLOURS)
@@ -346,9 +357,6 @@ def edit_text(edit: Edit, source: Scene, rng: np.random.Generator) -> str:
     return template.format(**values)
 
 
-# --------------------------------------------------------------------------- rendering
-
-
 def _polygon(
     shape: str, cx: float, cy: float, half: float, angle: float
 ) -> list[tuple[float, float]]:
@@ -426,9 +434,6 @@ def render(scene: Scene, seed, size: int = IMAGE_SIZE) -> tuple[Image.Image, lis
 
 def object_records(scene: Scene, boxes: list[list[int]]) -> list[dict]:
     return [{**asdict(obj), "box": box} for obj, box in zip(scene, boxes, strict=True)]
-
-
-# --------------------------------------------------------------------------- galleries and triplets
 
 
 @dataclass
@@ -692,137 +697,3 @@ def read_metadata_rows(root: str | Path, split: str | None = None) -> list[dict]
     with (Path(root) / "metadata.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [row for row in rows if split is None or row["split"] == split]
-
-
-# --------------------------------------------------------------------------- training data
-
-
-class ShapesPairs(torch.utils.data.Dataset):
-    """Endless fresh (image, caption) pairs of train-split scenes, rendered on the fly.
-
-    Each item is a group: one random scene plus `group - 1` single-edit variants of it, so every
-    batch holds near-duplicates that only a model reading colour, shape, size and position can tell
-    apart. Seeded by (seed, epoch, index): reproducible, and a new epoch shows new renderings.
-    """
-
-    def __init__(
-        self, length: int, transform, tokenizer, seed: int = 0, group: int = 2, split: str = "train"
-    ):
-        self.length, self.transform, self.tokenizer = length, transform, tokenizer
-        self.seed, self.group, self.split, self.epoch = seed, group, split, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        scene = random_scene(rng, self.split)
-        scenes = [scene]
-        while len(scenes) < self.group:
-            edit = sample_edit(scene, rng, self.split, exclude={describe(s) for s in scenes})
-            scenes.append(edit.apply(scene) if edit else random_scene(rng, self.split))
-        pixels = [self.transform(render(s, int(rng.integers(2**31)))[0]) for s in scenes]
-        texts = [paraphrase(s, rng) if rng.random() < 0.7 else describe(s) for s in scenes]
-        return pixels, texts
-
-    def collate(self, samples):
-        pixels = torch.stack([p for sample in samples for p in sample[0]])
-        tokens = self.tokenizer([t for sample in samples for t in sample[1]])
-        return pixels, tokens
-
-
-def shapes_loader(
-    transform,
-    tokenizer,
-    batch_size: int = 128,
-    epoch_size: int = 20_000,
-    seed: int = 0,
-    group: int = 2,
-    num_workers: int = 0,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of (pixels, token_ids) batches for `training.train_clip`."""
-    dataset = ShapesPairs(epoch_size // group, transform, tokenizer, seed=seed, group=group)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=max(1, batch_size // group),
-        shuffle=True,
-        drop_last=True,
-        collate_fn=dataset.collate,
-        num_workers=num_workers,
-        persistent_workers=False,
-    )
-
-
-def split_tensors(data: SplitData, transform, tokenizer, seed_offset: int = 0):
-    """Pixels of a split's gallery, tokens of its canonical descriptions, and its triplets as positions."""
-    position = {image.name: index for index, image in enumerate(data.images)}
-    pixels = torch.stack(
-        [transform(render(image.scene, image.seed + seed_offset)[0]) for image in data.images]
-    )
-    tokens = tokenizer([describe(image.scene) for image in data.images])
-    references = torch.tensor([position[t.reference] for t in data.triplets])
-    targets = torch.tensor([position[t.target] for t in data.triplets])
-    return pixels, tokens, (references, tokenizer([t.caption for t in data.triplets]), targets)
-
-
-def shapes_validator(transform, tokenizer, sets: int = 48, seed: int = 0):
-    """Validation on an in-memory val split: text->image and composed-sum recall."""
-    from retrieval.training import retrieval_validator
-
-    pixels, tokens, triplets = split_tensors(build_split("val", sets, seed), transform, tokenizer)
-    return retrieval_validator(pixels, tokens, triplets)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def generate_command(args) -> dict[str, SplitData]:
-    """`python -m retrieval shapes generate`: write the splits in the CIRR layout."""
-    from tqdm.auto import tqdm
-
-    splits = {
-        name: count
-        for name, count in (
-            ("train", args.train_sets),
-            ("val", args.val_sets),
-            ("test", args.test_sets),
-        )
-        if count
-    }
-    total = sum(splits.values()) * (SET_VARIANTS + 1 + TEXT_DISTRACTORS)
-    with tqdm(total=total, desc="render", unit="img") as bar:
-        result = write_dataset(
-            args.out, splits, seed=args.seed, size=args.size, progress=bar.update
-        )
-    for split, data in result.items():
-        print(f"{split}: {len(data.images)} images, {len(data.triplets)} triplets")
-    print(f"written to {args.out}")
-    return result
-
-
-def add_generate_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write (CIRR layout + metadata.csv)")
-    parser.add_argument(
-        "--train-sets",
-        type=int,
-        default=0,
-        help="gallery sets of the train split (8 images, 10 triplets each; default 0)",
-    )
-    parser.add_argument(
-        "--val-sets", type=int, default=48, help="sets of the val split (default 48 = 384 images)"
-    )
-    parser.add_argument(
-        "--test-sets",
-        type=int,
-        default=128,
-        help="sets of the test split (default 128 = 1,024 images)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of scenes, edits, phrasings and renderings"
-    )
-    parser.add_argument(
-        "--size", type=int, default=IMAGE_SIZE, help=f"image side in pixels (default {IMAGE_SIZE})"
-    )

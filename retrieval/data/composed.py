@@ -1,43 +1,25 @@
-"""Composed-retrieval benchmarks on disk: CIRR, FashionIQ and CIRCO readers, plus cached image features.
-
-Every reader returns a `ComposedSplit`: the queries (reference image, modification captions,
-ground truths) and the images they need (name -> path), with the gallery the protocol ranks.
-
-    CIRR       ROOT/captions/cap.rc2.{train,val,test1}.json, ROOT/image_splits/split.rc2.{split}.json
-               (image name -> "./dev/dev-244-0-img0.png", relative to ROOT). The Shapes world uses the
-               same layout with a labelled "test" split.
-    FashionIQ  ROOT/captions/cap.{dress,shirt,toptee}.{train,val,test}.json,
-               ROOT/image_splits/split.{category}.{split}.json, ROOT/images/<id>.jpg (or .png)
-    CIRCO      ROOT/annotations/{val,test}.json, images from COCO 2017 unlabeled:
-               ROOT/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json and
-               ROOT/COCO2017_unlabeled/unlabeled2017/<12-digit id>.jpg
-
-Image features are cached on disk under a key made of the model spec, a hash of its weights and
-the preprocessing; an image is re-embedded only when that key or the file (size, mtime) changes.
-"""
+"""TODO"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-
-from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import BadInput, NotFound
-from retrieval.images import open_image
 
 DATASETS = ("cirr", "fashioniq", "circo")
+
+
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
+
+
 FASHIONIQ_EXTENSIONS = (".jpg", ".png", ".jpeg")
+
+
 CIRR_SPLIT_ALIASES = {"dev": "val", "test": "test1"}
+
+
 COCO_UNLABELED = "COCO2017_unlabeled"
 
 
@@ -103,9 +85,6 @@ def fashioniq_caption(captions: list[str], mode: str = "both") -> str:
     parts = [part for part in parts if part] or [first or second]
     text = " and ".join(parts)
     return text[:1].upper() + text[1:]
-
-
-# --------------------------------------------------------------------------- readers
 
 
 def _read_json(path: Path):
@@ -262,182 +241,3 @@ def load_splits(
     if dataset == "circo":
         return [read_circo(root, split)]
     raise BadInput(f"unknown dataset {dataset!r}; choose from {DATASETS + ('shapes',)}")
-
-
-# --------------------------------------------------------------------------- cached image features
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A hash of every tensor of the model: two checkpoints with one spec never share a cache."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
-
-
-def feature_cache_key(backbone) -> dict:
-    return {
-        "model_spec": str(backbone.spec),
-        "weights": weights_digest(backbone.model),
-        "preprocessing": backbone.preprocessing,
-        "image_size": backbone.image_size,
-    }
-
-
-def _file_key(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError:
-        return f"{path}|missing"
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-class _Pixels(Dataset):
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, position: int):
-        try:
-            return position, self.transform(open_image(self.paths[position])), ""
-        except (BadInput, OSError) as error:
-            return position, None, str(error)
-
-
-def _collate(samples):
-    good = [s for s in samples if s[1] is not None]
-    pixels = torch.stack([s[1] for s in good]) if good else None
-    return [s[0] for s in good], pixels, [(s[0], s[2]) for s in samples if s[1] is None]
-
-
-def embed_image_paths(
-    backbone,
-    paths: list[Path],
-    batch_size: int = 0,
-    num_workers: int | None = None,
-    progress: bool = True,
-    settings: Settings = DEFAULTS,
-) -> torch.Tensor:
-    """(n, d) normalised float32 features on CPU; any unreadable file is an error (metrics would lie)."""
-    batch_size = batch_size or settings.batch_size
-    workers = settings.num_workers if num_workers is None else num_workers
-    workers = min(workers, os.cpu_count() or 1, len(paths) // batch_size)
-    loader = DataLoader(
-        _Pixels(list(paths), backbone.transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
-    )
-    features = torch.zeros(len(paths), backbone.dim)
-    failed = []
-    for positions, pixels, bad in tqdm(
-        loader, desc="embed images", disable=not progress, leave=False
-    ):
-        failed += bad
-        if pixels is not None:
-            features[positions] = backbone.encode_image_tensors(pixels).float().cpu()
-    if failed:
-        examples = "; ".join(f"{paths[p]}: {reason}" for p, reason in failed[:3])
-        raise BadInput(f"{len(failed)} images could not be read ({examples})")
-    return features
-
-
-class FeatureCache:
-    """Image features of one (model, weights, preprocessing) on disk, grown as new images are asked for."""
-
-    def __init__(self, backbone, cache_dir: str | Path | None = None):
-        self.backbone = backbone
-        self.key = feature_cache_key(backbone)
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
-        root = Path(cache_dir) if cache_dir else DEFAULTS.features_dir
-        self.directory = root / digest
-
-    def _load(self) -> tuple[list[str], torch.Tensor]:
-        keys_file, tensor_file = (
-            self.directory / "keys.json",
-            self.directory / "features.safetensors",
-        )
-        if not (keys_file.is_file() and tensor_file.is_file()):
-            return [], torch.zeros(0, self.backbone.dim)
-        keys = json.loads(keys_file.read_text())
-        features = load_file(str(tensor_file))["features"]
-        if len(keys) != len(features):  # a torn write: start over
-            return [], torch.zeros(0, self.backbone.dim)
-        return keys, features
-
-    def _save(self, keys: list[str], features: torch.Tensor) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f"features.{os.getpid()}.tmp"
-        save_file({"features": features.contiguous()}, str(tmp))
-        os.replace(tmp, self.directory / "features.safetensors")
-        (self.directory / "keys.json.tmp").write_text(json.dumps(keys))
-        os.replace(self.directory / "keys.json.tmp", self.directory / "keys.json")
-        (self.directory / "model.json").write_text(json.dumps(self.key, indent=2))
-
-    def features(
-        self, paths: list[Path], progress: bool = True, batch_size: int = 0
-    ) -> torch.Tensor:
-        """(n, d) features in the order of `paths`; only images missing from the cache are embedded."""
-        keys, stored = self._load()
-        position = {key: row for row, key in enumerate(keys)}
-        wanted = [_file_key(Path(path)) for path in paths]
-        missing = list(dict.fromkeys(key for key in wanted if key not in position))
-        if missing:
-            by_key = dict(zip(wanted, paths, strict=True))
-            fresh = embed_image_paths(
-                self.backbone, [by_key[key] for key in missing], batch_size, progress=progress
-            )
-            for key in missing:
-                position[key] = len(keys)
-                keys.append(key)
-            stored = torch.cat([stored, fresh])
-            self._save(keys, stored)
-        return stored[torch.tensor([position[key] for key in wanted], dtype=torch.long)]
-
-
-def image_features(
-    backbone,
-    paths: list[Path],
-    cache: bool | str | Path = True,
-    progress: bool = True,
-    batch_size: int = 0,
-) -> torch.Tensor:
-    """Features of image files, through the on-disk cache unless `cache` is False (training models)."""
-    if cache is False:
-        return embed_image_paths(backbone, list(paths), batch_size, progress=progress)
-    cache_dir = None if cache is True else cache
-    return FeatureCache(backbone, cache_dir).features(list(paths), progress, batch_size)
-
-
-def split_features(
-    split: ComposedSplit, backbone, cache: bool | str | Path = True, progress: bool = True
-) -> tuple[list[str], torch.Tensor]:
-    """(names, features) of every image of a split, in `split.images` order."""
-    names = list(split.images)
-    return names, image_features(backbone, [split.images[n] for n in names], cache, progress)
-
-
-def encode_texts(
-    backbone, texts: list[str], batch_size: int = 256, progress: bool = False
-) -> torch.Tensor:
-    """Normalised text features (CPU float32) of many strings, in batches."""
-    chunks = []
-    for start in tqdm(
-        range(0, len(texts), batch_size), desc="embed texts", disable=not progress, leave=False
-    ):
-        batch = texts[start : start + batch_size]
-        chunks.append(backbone.encode_token_ids(backbone.tokenize(batch)).float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, backbone.dim)
-
-
-def unique_rows(values: list[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct strings and, for each input, its row among them (encode each text once)."""
-    distinct = list(dict.fromkeys(values))
-    row = {value: i for i, value in enumerate(distinct)}
-    return distinct, np.array([row[value] for value in values], dtype=np.int64)

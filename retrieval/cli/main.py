@@ -1,7 +1,4 @@
-"""`python -m retrieval <command>`: the command line over the library.
-
-Each feature adds one `_add_<name>(subparsers)` function and one line in `build_parser`.
-"""
+"""TODO"""
 
 from __future__ import annotations
 
@@ -10,11 +7,27 @@ import json
 import sys
 from pathlib import Path
 
+from retrieval.backbone import load_backbone
+from retrieval.cli.art import add_eval_commands as add_noisyart_eval
+from retrieval.cli.art import add_finetune_commands
+from retrieval.cli.composed import (
+    add_train_combiner_arguments,
+    add_train_stage1_arguments,
+    run_train_combiner,
+    run_train_stage1,
+)
+from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
+from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
+from retrieval.cli.shapes import add_generate_arguments, generate_command
+from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
 from retrieval.errors import RetrievalError
+from retrieval.hub import fetch, push_index
+from retrieval.index import Index, build_index, update_index
+from retrieval.search import Filters, Searcher
+from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
 
 
 def _backbone(args, preprocessing: str | None = None):
-    from retrieval.backbone import load_backbone
 
     return load_backbone(
         args.model,
@@ -25,8 +38,6 @@ def _backbone(args, preprocessing: str | None = None):
 
 def _index_backbone(index_dir: str, device: str | None = None):
     """The backbone an index was built with, as its manifest records it."""
-    from retrieval.backbone import load_backbone
-    from retrieval.index import Index
 
     index = Index.load(index_dir)
     return index, load_backbone(
@@ -35,7 +46,6 @@ def _index_backbone(index_dir: str, device: str | None = None):
 
 
 def _cmd_index(args):
-    from retrieval.index import build_index
 
     report = build_index(
         args.folder,
@@ -49,7 +59,6 @@ def _cmd_index(args):
 
 
 def _cmd_update(args):
-    from retrieval.index import update_index
 
     index, backbone = _index_backbone(args.index, args.device)
     if args.model:
@@ -59,8 +68,6 @@ def _cmd_update(args):
 
 
 def _cmd_search(args):
-    from retrieval.hub import fetch
-    from retrieval.search import Filters, Searcher
 
     index_dir = fetch(args.index)
     index, backbone = _index_backbone(str(index_dir), args.device)
@@ -104,22 +111,17 @@ def _cmd_search(args):
 
 
 def _cmd_info(args):
-    from retrieval.hub import fetch
-    from retrieval.index import Index
 
     index = Index.load(fetch(args.index))
     print(json.dumps({**index.manifest, "items": len(index)}, indent=2))
 
 
 def _cmd_push(args):
-    from retrieval.hub import push_index
 
     print(push_index(args.index, args.repo, private=args.private))
 
 
 def _cmd_pull(args):
-    from retrieval.hub import fetch
-    from retrieval.index import Index
 
     location = args.repo if args.repo.startswith("hf-hub:") else f"hf-hub:{args.repo}"
     path = fetch(location, cache_dir=args.cache_dir)
@@ -234,7 +236,6 @@ def _add_pull(sub):
 
 
 def _add_train_phi(sub):
-    from retrieval.inversion import add_train_phi_arguments, run_train_phi
 
     parser = sub.add_parser(
         "train-phi",
@@ -247,7 +248,6 @@ def _add_train_phi(sub):
 
 
 def _cmd_tag(args):
-    from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
 
     index, backbone = _index_backbone(args.index, args.device)
     if args.model:
@@ -311,10 +311,8 @@ def _add_eval(sub):
     """
     parser = sub.add_parser("eval", help="measure models on a benchmark; JSON + Markdown results")
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    from retrieval.noisyart import add_eval_commands as add_noisyart_eval
 
     add_noisyart_eval(benchmarks)  # noisyart, classfolders
-    from retrieval.evaluation import add_eval_commands as add_composed_eval
 
     add_composed_eval(benchmarks)  # cirr, fashioniq, circo (any composition method)
 
@@ -325,25 +323,21 @@ def _add_finetune(sub):
         "finetune", help="fine-tune CLIP on class texts (NoisyArt, class folders)"
     )
     datasets = parser.add_subparsers(dest="benchmark", required=True, metavar="DATASET")
-    from retrieval.noisyart import add_finetune_commands
 
     add_finetune_commands(datasets)  # noisyart, classfolders
 
 
 def _cmd_shapes_generate(args):
-    from retrieval.shapes import generate_command
 
     generate_command(args)
 
 
 def _cmd_train_clip(args):
-    from retrieval.training import train_clip_command
 
-    train_clip_command(args)
+    run_train_clip(args)
 
 
 def _add_shapes(sub):
-    from retrieval.shapes import add_generate_arguments
 
     parser = sub.add_parser("shapes", help="the procedurally generated Shapes world (demo data)")
     actions = parser.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
@@ -358,7 +352,6 @@ def _add_shapes(sub):
 
 
 def _add_train_clip(sub):
-    from retrieval.training import add_train_clip_arguments
 
     parser = sub.add_parser(
         "train-clip",
@@ -372,7 +365,6 @@ def _add_train_clip(sub):
 
 
 def _add_train_combiner(sub):
-    from retrieval.combiner import add_train_combiner_arguments, run_train_combiner
 
     parser = sub.add_parser(
         "train-combiner",
@@ -386,7 +378,6 @@ def _add_train_combiner(sub):
 
 
 def _add_train_stage1(sub):
-    from retrieval.combiner import add_train_stage1_arguments, run_train_stage1
 
     parser = sub.add_parser(
         "train-stage1",

@@ -1,4 +1,4 @@
-"""Options that many commands share, declared once so their names and help stay the same everywhere."""
+"""TODO"""
 
 from __future__ import annotations
 

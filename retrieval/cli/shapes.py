@@ -1,0 +1,61 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from retrieval.shapes.world import (
+    IMAGE_SIZE,
+    SET_VARIANTS,
+    TEXT_DISTRACTORS,
+    SplitData,
+    write_dataset,
+)
+
+
+def generate_command(args) -> dict[str, SplitData]:
+    """`python -m retrieval shapes generate`: write the splits in the CIRR layout."""
+
+    splits = {
+        name: count
+        for name, count in (
+            ("train", args.train_sets),
+            ("val", args.val_sets),
+            ("test", args.test_sets),
+        )
+        if count
+    }
+    total = sum(splits.values()) * (SET_VARIANTS + 1 + TEXT_DISTRACTORS)
+    with tqdm(total=total, desc="render", unit="img") as bar:
+        result = write_dataset(
+            args.out, splits, seed=args.seed, size=args.size, progress=bar.update
+        )
+    for split, data in result.items():
+        print(f"{split}: {len(data.images)} images, {len(data.triplets)} triplets")
+    print(f"written to {args.out}")
+    return result
+
+
+def add_generate_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="folder to write (CIRR layout + metadata.csv)")
+    parser.add_argument(
+        "--train-sets",
+        type=int,
+        default=0,
+        help="gallery sets of the train split (8 images, 10 triplets each; default 0)",
+    )
+    parser.add_argument(
+        "--val-sets", type=int, default=48, help="sets of the val split (default 48 = 384 images)"
+    )
+    parser.add_argument(
+        "--test-sets",
+        type=int,
+        default=128,
+        help="sets of the test split (default 128 = 1,024 images)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of scenes, edits, phrasings and renderings"
+    )
+    parser.add_argument(
+        "--size", type=int, default=IMAGE_SIZE, help=f"image side in pixels (default {IMAGE_SIZE})"
+    )

@@ -1,0 +1,165 @@
+"""X"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from retrieval.backbone import fingerprint_matches
+from retrieval.errors import BadInput, IndexMismatch, NotFound
+from retrieval.hub import fetch, is_hub_location
+
+WEIGHTS_FILE = "combiner.safetensors"
+
+
+CONFIG_FILE = "combiner_config.json"
+
+
+@dataclass
+class CombinerConfig:
+    """What a saved Combiner needs to be rebuilt and checked against the backbone in use."""
+
+    dim: int
+    dropout: float = 0.5
+    projection_factor: int = 4  # projections d -> 4d
+    hidden_factor: int = 8  # combiner / dynamic-scalar hidden layers 8d
+    model_spec: str = ""  # backbone it was trained on (informative)
+    preprocessing: str = "standard"
+    model_fingerprint: list[float] = field(
+        default_factory=list
+    )  # text features of a probe sentence
+    training: dict = field(default_factory=dict)  # recipe, data, best metrics
+
+
+class Combiner(nn.Module):
+    """Reference image feature + text feature -> normalised composed query feature."""
+
+    def __init__(self, config: CombinerConfig):
+        super().__init__()
+        self.config = config
+        d, p, h = (
+            config.dim,
+            config.projection_factor * config.dim,
+            config.hidden_factor * config.dim,
+        )
+        self.text_projection = nn.Sequential(nn.Linear(d, p), nn.ReLU(), nn.Dropout(config.dropout))
+        self.image_projection = nn.Sequential(
+            nn.Linear(d, p), nn.ReLU(), nn.Dropout(config.dropout)
+        )
+        self.combiner = nn.Sequential(
+            nn.Linear(2 * p, h), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(h, d)
+        )
+        self.dynamic_scalar = nn.Sequential(
+            nn.Linear(2 * p, h),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(h, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        combined = torch.cat(
+            [self.text_projection(text_features), self.image_projection(image_features)], dim=-1
+        )
+        mix = self.dynamic_scalar(combined)
+        output = self.combiner(combined) + mix * text_features + (1 - mix) * image_features
+        return F.normalize(output, dim=-1)
+
+
+def new_combiner(dim: int, **config) -> Combiner:
+    return Combiner(CombinerConfig(dim=dim, **config))
+
+
+def save_combiner(combiner: Combiner, directory: str | Path) -> Path:
+    """Write combiner.safetensors + combiner_config.json (what `load_combiner` reads)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in combiner.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(combiner.config), indent=2))
+    return directory
+
+
+def _combiner_dir(spec: str | Path) -> Path:
+
+    spec = str(spec)
+    path = (
+        fetch(spec, repo_type="model")
+        if is_hub_location(spec)
+        else Path(spec.removeprefix("local-dir:"))
+    )
+    path = path.expanduser()
+    if path.is_file():
+        path = path.parent
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise NotFound(
+            f"{spec} is not a Combiner folder: expected {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    return path
+
+
+def load_combiner(spec: str | Path, device: str | torch.device | None = None) -> Combiner:
+    """A Combiner from a folder ("local-dir:" optional) or the Hub ("hf-hub:org/repo[@revision]")."""
+    directory = _combiner_dir(spec)
+    try:
+        config = CombinerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    except (TypeError, json.JSONDecodeError) as error:
+        raise BadInput(
+            f"{directory / CONFIG_FILE} is not a valid Combiner config: {error}"
+        ) from error
+    combiner = Combiner(config)
+    combiner.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return combiner.to(device or "cpu").eval()
+
+
+class CombinerComposer:
+    """Composer "combiner": `composer(backbone, image_features (B,d), texts) -> (B,d)` normalised."""
+
+    def __init__(self, combiner: Combiner):
+        self.combiner = combiner.eval()
+        self._checked: set[int] = set()
+
+    def check(self, backbone) -> None:
+        """Refuse a backbone of another dimension, or the same dimension with other weights."""
+        if id(backbone.model) in self._checked:
+            return
+        config = self.combiner.config
+        trained_on = config.model_spec or "another model"
+        if backbone.dim != config.dim:
+            raise IndexMismatch(
+                f"this Combiner was trained on {trained_on} (features {config.dim}); the model in use "
+                f"embeds into {backbone.dim}: train a Combiner for this model (train-combiner)"
+            )
+        if not fingerprint_matches(config.model_fingerprint, backbone):
+            raise IndexMismatch(
+                f"this Combiner was trained on {trained_on}; the model in use ({backbone.spec}) has the "
+                "same dimension but different weights: train a Combiner for it (train-combiner)"
+            )
+        self._checked.add(id(backbone.model))
+
+    @torch.no_grad()
+    def __call__(self, backbone, image_features: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        self.check(backbone)
+        if len(texts) != len(image_features):
+            raise BadInput(f"{len(image_features)} reference images but {len(texts)} texts")
+        device = next(self.combiner.parameters()).device
+        text_features = backbone.encode_token_ids(backbone.tokenize(list(texts))).to(
+            device, torch.float32
+        )
+        query = self.combiner(image_features.to(device, torch.float32), text_features)
+        return query.to(image_features.device)
+
+
+def combiner_composer(
+    combiner: Combiner | str | Path, device: str | None = None
+) -> CombinerComposer:
+    """Composer for `Searcher.composers["combiner"]`; `combiner` is a Combiner, folder or hf-hub: id."""
+    if not isinstance(combiner, Combiner):
+        combiner = load_combiner(combiner, device=device)
+    return CombinerComposer(combiner)

@@ -1,0 +1,202 @@
+"""TODO"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from retrieval.backbone import load_backbone, model_config, new_model, save_backbone
+from retrieval.collection import read_metadata
+from retrieval.errors import BadInput
+from retrieval.eval.metrics import feature_ranks, recall_at_k
+from retrieval.images import open_image
+from retrieval.shapes.torch_data import split_tensors
+from retrieval.shapes.world import build_split
+from retrieval.train.loop import (
+    MODEL_FILE,
+    TrainConfig,
+    TrainResult,
+    Validate,
+    load_checkpoint,
+    resolve_device,
+    run_record,
+    set_trainable,
+    train_loop,
+)
+
+
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale
+) -> torch.Tensor:
+    """Symmetric InfoNCE: the i-th image belongs with the i-th text and vice versa."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale * image_features @ text_features.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def clip_step(model, batch) -> torch.Tensor:
+    """Loss of one (images, token_ids) batch for the contrastive objective."""
+    images, tokens = batch
+    image_features = model.encode_image(images)
+    text_features = model.encode_text(tokens)
+    return clip_loss(image_features, text_features, model.logit_scale.exp())
+
+
+def train_clip(
+    model,
+    loader: Iterable,
+    cfg: TrainConfig,
+    validate: Validate | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Contrastive image/text training. `loader` yields (images, token_ids) batches."""
+    set_trainable(model, cfg.towers, cfg.last_blocks, logit_scale=cfg.train_logit_scale)
+    return train_loop(model, loader, cfg, clip_step, validate=validate, progress=progress)
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """(image file, caption) pairs -> (pixels, caption); `collate` tokenizes a batch."""
+
+    def __init__(self, pairs: list[tuple[Path, str]], transform, tokenizer):
+        self.pairs, self.transform, self.tokenizer = pairs, transform, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+
+        path, caption = self.pairs[index]
+        return self.transform(open_image(path)), caption
+
+    def collate(self, samples):
+        return torch.stack([s[0] for s in samples]), self.tokenizer([s[1] for s in samples])
+
+
+def read_pairs(path: str | Path) -> list[tuple[Path, str]]:
+    """Image/caption pairs from a CSV or JSONL with columns file (relative to its folder) and caption."""
+
+    path = Path(path)
+    rows = read_metadata(path)
+    pairs = []
+    for number, row in enumerate(rows, start=1):
+        file, caption = row.get("file"), row.get("caption") or row.get("description")
+        if not file or not caption:
+            raise BadInput(
+                f"{path.name} row {number}: needs 'file' and 'caption' (or 'description')"
+            )
+        pairs.append(((path.parent / str(file)).resolve(), str(caption)))
+    return pairs
+
+
+@torch.no_grad()
+def _encode_images(model, pixels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    device = next(model.parameters()).device
+    parts = [
+        model.encode_image(pixels[i : i + chunk].to(device)).float()
+        for i in range(0, len(pixels), chunk)
+    ]
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
+@torch.no_grad()
+def _encode_texts(model, tokens: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    device = next(model.parameters()).device
+    parts = [
+        model.encode_text(tokens[i : i + chunk].to(device)).float()
+        for i in range(0, len(tokens), chunk)
+    ]
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
+def retrieval_validator(
+    pixels: torch.Tensor, tokens: torch.Tensor, triplets=None, ks=(1, 5, 10)
+) -> Validate:
+    """Metrics on a fixed gallery: text->image recall (text i describes image i) and, with
+    `triplets` = (reference positions, caption tokens, target positions), composed-sum recall
+    with the reference removed from its own ranking. `t2i_mean` / `sum_mean` average the recalls.
+    """
+
+    def validate(model) -> dict[str, float]:
+        images = _encode_images(model, pixels)
+        metrics = {}
+        if tokens is not None:
+            texts = _encode_texts(model, tokens).cpu()
+            t2i = recall_at_k(feature_ranks(texts, images.cpu(), torch.arange(len(pixels))), ks)
+            metrics.update({f"t2i_{k}": v for k, v in t2i.items()})
+            metrics["t2i_mean"] = sum(t2i.values()) / len(t2i)
+        if triplets is not None:
+            references, caption_tokens, targets = triplets
+            query = F.normalize(
+                images[references].cpu() + _encode_texts(model, caption_tokens).cpu(), dim=-1
+            )
+            composed = recall_at_k(feature_ranks(query, images.cpu(), targets, references), ks)
+            metrics.update({f"sum_{k}": v for k, v in composed.items()})
+            metrics["sum_mean"] = sum(composed.values()) / len(composed)
+        return metrics
+
+    return validate
+
+
+def shapes_validator(transform, tokenizer, sets: int = 48, seed: int = 0):
+    """Validation on an in-memory val split: text->image and composed-sum recall."""
+
+    pixels, tokens, triplets = split_tensors(build_split("val", sets, seed), transform, tokenizer)
+    return retrieval_validator(pixels, tokens, triplets)
+
+
+def model_to_train(arch: str, init: str | None = None):
+    """A fresh `arch`, or a float copy of `init` to fine-tune; with transform, tokenizer and the
+    open_clip config to save it under (resolved first, so a bad spec fails before training)."""
+    if init:
+        config = model_config(init)
+        backbone = load_backbone(init, device="cpu")
+        model = copy.deepcopy(backbone.model).float()
+        return model, backbone.base_transform, backbone.tokenizer, config
+    config = model_config(arch)
+    model, transform, tokenizer = new_model(arch, device="cpu")
+    return model.float(), transform, tokenizer, config
+
+
+def pairs_validator(path: str | Path, transform, tokenizer) -> Validate:
+    """Text -> image recall on a fixed CSV/JSONL of file,caption pairs."""
+    pairs = read_pairs(path)
+    pixels = torch.stack([transform(open_image(image)) for image, _ in pairs])
+    return retrieval_validator(pixels, tokenizer([caption for _, caption in pairs]))
+
+
+def train_and_export(
+    model, loader, cfg: TrainConfig, out: str | Path, model_cfg: dict, validate=None, fp16=False
+) -> dict:
+    """Contrastive training, then the best checkpoint saved as an open_clip folder + training.json."""
+    result = train_clip(model, loader, cfg, validate=validate)
+    best = Path(cfg.out_dir) / "best"
+    if (best / MODEL_FILE).is_file():
+        load_checkpoint(best, model)
+    model = model.cpu().eval()
+    if fp16:
+        model = model.half()
+    folder = save_backbone(model, model_cfg, out)
+    report = {
+        "command": "python -m retrieval " + " ".join(sys.argv[1:])
+        if sys.argv[0].endswith("__main__.py")
+        else " ".join(sys.argv),
+        "config": asdict(cfg),
+        "model_cfg": model_cfg,
+        "best_step": result.best_step,
+        "best_metrics": result.best_metrics,
+        "history": result.history,
+        **run_record(result, resolve_device(cfg.device)),
+        "torch": torch.__version__,
+        "fp16_weights": bool(fp16),
+    }
+    (folder / "training.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
