@@ -1,4 +1,8 @@
-"""TODO"""
+"""Search: turn a query (text, image, item, or image + modification text) into ranked items.
+
+Every query becomes one normalised vector, then the index ranks items by inner product; filters,
+thresholds and paging are applied here so every caller (CLI, UI, API) behaves the same.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""`python -m retrieval`: the command line, the only place that parses arguments."""

@@ -1,4 +1,4 @@
-"""TODO"""
+"""`eval noisyart|classfolders` and `finetune noisyart|classfolders`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""X"""
+"""`train-combiner` and `train-stage1`: CLIP4Cir's two stages on CIRR, FashionIQ or the Shapes world."""
 
 from __future__ import annotations
 

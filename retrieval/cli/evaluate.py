@@ -1,4 +1,4 @@
-"""TODO"""
+"""`eval cirr|fashioniq|circo`: the composed-retrieval protocols from the command line."""
 
 from __future__ import annotations
 

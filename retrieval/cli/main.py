@@ -1,4 +1,9 @@
-"""TODO"""
+"""`python -m retrieval <command>`: the command line over the library.
+
+Every argparse declaration of the project lives in `retrieval/cli/`; commands unpack their
+arguments and call library functions with typed arguments. Each feature adds one
+`_add_<name>(subparsers)` function and one line in `build_parser`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from retrieval.cli.composed import (
     run_train_stage1,
 )
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
+from retrieval.cli.options import add_recipe, apply_recipe, recipe_values
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
 from retrieval.cli.shapes import add_generate_arguments, generate_command
 from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
@@ -244,6 +250,7 @@ def _add_train_phi(sub):
         "'a photo of $ that {caption}', on unlabeled images (a folder, or an index's stored vectors).",
     )
     add_train_phi_arguments(parser)
+    add_recipe(parser)
     parser.set_defaults(func=run_train_phi)
 
 
@@ -361,6 +368,7 @@ def _add_train_clip(sub):
         "open_clip folder usable as --model.",
     )
     add_train_clip_arguments(parser)
+    add_recipe(parser)
     parser.set_defaults(func=_cmd_train_clip)
 
 
@@ -374,6 +382,7 @@ def _add_train_combiner(sub):
         "checkpoint by the protocol's validation metric.",
     )
     add_train_combiner_arguments(parser)
+    add_recipe(parser)
     parser.set_defaults(func=run_train_combiner)
 
 
@@ -386,7 +395,11 @@ def _add_train_stage1(sub):
         "the target (AdamW lr 2e-6); writes an open_clip folder usable as --model.",
     )
     add_train_stage1_arguments(parser)
+    add_recipe(parser)
     parser.set_defaults(func=run_train_stage1)
+
+
+RECIPE_COMMANDS = ("train-clip", "train-stage1", "train-combiner", "train-phi")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m retrieval", description=__doc__.splitlines()[0]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
     _add_index(sub)
     _add_update(sub)
     _add_search(sub)
@@ -412,7 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        recipe = recipe_values(argv)
+        if recipe and argv and argv[0] in RECIPE_COMMANDS:
+            apply_recipe(parser.commands[argv[0]], *recipe)
+    except RetrievalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     if args.command == "search" and not (args.query or args.image or args.similar):
         print("error: give a text query, --image FILE or --similar ITEM_ID", file=sys.stderr)
         return 2

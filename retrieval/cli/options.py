@@ -1,10 +1,13 @@
-"""TODO"""
+"""Options several commands share, declared once."""
 
 from __future__ import annotations
 
 import argparse
+import tomllib
+from pathlib import Path
 
 from retrieval.backbone import PREPROCESSING
+from retrieval.errors import BadInput
 
 
 def add_preprocessing(parser: argparse.ArgumentParser) -> None:
@@ -23,3 +26,40 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def add_recipe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe",
+        help="TOML file of this command's option values (see recipes/); options given on the "
+        "command line win over the recipe",
+    )
+
+
+def recipe_values(argv: list[str]) -> tuple[str, dict] | None:
+    """(path, values) of the `--recipe FILE` in argv, or None."""
+    for position, token in enumerate(argv):
+        if token == "--recipe" and position + 1 < len(argv):
+            path = argv[position + 1]
+        elif token.startswith("--recipe="):
+            path = token.partition("=")[2]
+        else:
+            continue
+        try:
+            return path, tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as error:
+            raise BadInput(f"recipe {path} not found") from error
+        except tomllib.TOMLDecodeError as error:
+            raise BadInput(f"recipe {path} is not valid TOML ({error})") from error
+    return None
+
+
+def apply_recipe(command: argparse.ArgumentParser, path: str, values: dict) -> None:
+    """Make a recipe's values the command's defaults; an unknown key is an error that names it."""
+    actions = {action.dest: action for action in command._actions}
+    for key, value in values.items():
+        action = actions.get(key.replace("-", "_"))
+        if action is None or key == "recipe":
+            known = ", ".join(sorted(a for a in actions if a not in ("help", "recipe", "func")))
+            raise BadInput(f"recipe {path}: unknown option {key!r}; this command takes {known}")
+        action.default, action.required = value, False

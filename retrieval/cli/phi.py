@@ -1,4 +1,4 @@
-"""TODO"""
+"""`train-phi`: zero-shot composed retrieval weights from a folder of unlabeled images or an index."""
 
 from __future__ import annotations
 

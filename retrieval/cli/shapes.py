@@ -1,4 +1,4 @@
-"""TODO"""
+"""`shapes generate`: write the Shapes world in the CIRR layout."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO"""
+"""The training-free composers, and the `Composer` signature every composed method shares.
+
+A composer turns (reference image features (B, d), modification texts) into query vectors (B, d)
+in the backbone's space; the Searcher and the evaluation protocols call them the same way.
+"""
 
 from __future__ import annotations
 

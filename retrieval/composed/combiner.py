@@ -1,4 +1,17 @@
-"""X"""
+"""The CLIP4Cir Combiner for composed image retrieval, and its two-stage training.
+
+The Combiner fuses a reference image feature `i` and a modification text feature `t` (both
+L2-normalised CLIP features of size d) into one query feature:
+
+    projections   p_t = Dropout(ReLU(Linear(d, 4d)(t))),  p_i = same with its own weights on i
+    combined      c = [p_t, p_i]                                           (8d)
+    residual      v = Linear(8d, d)(Dropout(ReLU(Linear(8d, 8d)(c))))
+    mixing        lambda = Sigmoid(Linear(8d, 1)(Dropout(ReLU(Linear(8d, 8d)(c)))))
+    output        normalise(v + lambda * t + (1 - lambda) * i)
+
+A trained Combiner is a folder: combiner.safetensors + combiner_config.json. Training lives in
+`retrieval.train.composed`; this module only builds, saves, loads and applies the model.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,18 @@
-"""TODO"""
+"""Artwork datasets: the NoisyArt reader and any museum laid out as class folders.
+
+* NoisyArt (`read_noisyart`): ROOT/metadata.json (artworks with `uri`, `title`, `description`,
+  `_authors` [{name}], ...), image folders ROOT/{trainval_3120,trainval_200,test_200}/ made of class
+  folders `0001_http:^^dbpedia.org^resource^<Title>` (the artwork URI with '/' written '^', after a
+  4-digit number and '_'), and ROOT/splits/trainval_3120/{train,val,trainval,boot}.txt.
+  Split-file lines are image paths relative to trainval_3120/, `<class folder>/<file>` (e.g.
+  `0001_http:^^dbpedia.org^resource^Mona_Lisa/google_000003.jpg`), one per line. Matching is
+  tolerant: blank lines, CRLF, backslashes, a leading `./` or `trainval_3120/`, a trailing integer
+  label and a different image extension (the r255 PNG release) are all accepted. Classes are
+  matched by URI, never by folder number, so test and train folders may be numbered differently.
+* Class folders (`read_class_folders`): ROOT/[SPLIT/]<class>/<images>, plus an optional metadata
+  CSV/JSONL (ROOT/classes.csv by default) with columns class (folder name; `folder` or `id` also
+  accepted), title, description, artist. Any museum can lay its photos out this way.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""TODO"""
+"""Composed-retrieval benchmarks on disk: CIRR, FashionIQ and CIRCO readers, plus cached image features.
+
+Every reader returns a `ComposedSplit`: the queries (reference image, modification captions,
+ground truths) and the images they need (name -> path), with the gallery the protocol ranks.
+
+    CIRR       ROOT/captions/cap.rc2.{train,val,test1}.json, ROOT/image_splits/split.rc2.{split}.json
+               (image name -> "./dev/dev-244-0-img0.png", relative to ROOT). The Shapes world uses the
+               same layout with a labelled "test" split.
+    FashionIQ  ROOT/captions/cap.{dress,shirt,toptee}.{train,val,test}.json,
+               ROOT/image_splits/split.{category}.{split}.json, ROOT/images/<id>.jpg (or .png)
+    CIRCO      ROOT/annotations/{val,test}.json, images from COCO 2017 unlabeled:
+               ROOT/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json and
+               ROOT/COCO2017_unlabeled/unlabeled2017/<12-digit id>.jpg
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""TODO"""
+"""Image and text features of research datasets, cached on disk.
+
+Image features are cached on disk under a key made of the model spec, a hash of its weights and
+the preprocessing; an image is re-embedded only when that key or the file (size, mtime) changes.
+"""
 
 from __future__ import annotations
 

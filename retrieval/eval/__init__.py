@@ -1,0 +1,1 @@
+"""Evaluation protocols and their metrics (CIRR, FashionIQ, CIRCO, NoisyArt)."""

@@ -1,4 +1,20 @@
-"""TODO"""
+"""Composed-retrieval protocols: CIRR, FashionIQ and CIRCO metrics, test submission files.
+
+Any Composer (`composer(backbone, image_features (B,d), texts) -> (B,d)`) is evaluated the same way:
+the reference's feature and the modification text make one query vector, which ranks the split
+gallery by cosine similarity.
+
+Ties between gallery images are broken by gallery order (a stable sort), and the same ranking is
+used for the metrics and for the submission files, so what is measured locally is what is submitted.
+
+    CIRR       R@1/5/10/50 over the split gallery with the reference removed; Recall_subset@1/2/3
+               among the query's img_set members other than the reference; "mean" = mean of the
+               seven (model selection), "avg" = (R@5 + Rs@1) / 2 (the CIRR paper's headline).
+    FashionIQ  R@10 and R@50 per category (reference kept in the gallery, as published) and the
+               averages; "score" = (R@10 + R@50) / 2 (model selection).
+    CIRCO      mAP@5/10/25/50, AP@K divided by min(#ground truths, K); reference removed.
+All values are percentages.
+"""
 
 from __future__ import annotations
 
@@ -233,5 +249,8 @@ def build_composer(
 def markdown_results(dataset: str, table: dict[str, dict[str, float]]) -> str:
     """One row per method, one column per metric."""
     columns = list(dict.fromkeys(key for metrics in table.values() for key in metrics))
-    rows = [[method, *(metrics.get(c, float("nan")) for c in columns)] for method, metrics in table.items()]
+    rows = [
+        [method, *(metrics.get(c, float("nan")) for c in columns)]
+        for method, metrics in table.items()
+    ]
     return markdown_table(["method", *columns], rows, digits=2)

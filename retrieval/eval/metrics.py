@@ -1,4 +1,6 @@
-"""X"""
+"""Ranking metrics shared by every protocol: target ranks, R@K (percent), mAP@K, top-k accuracy,
+and the paired bootstrap that says whether a gain is larger than the choice of queries moves it.
+"""
 
 from __future__ import annotations
 

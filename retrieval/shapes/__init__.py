@@ -1,0 +1,1 @@
+"""The Shapes world: a procedurally generated collection whose ground truth is known exactly."""

@@ -1,4 +1,6 @@
-"""TODO"""
+"""The Shapes world as torch data: image/caption pairs rendered on the fly for training, and
+in-memory tensors of a generated split for validation.
+"""
 
 from __future__ import annotations
 

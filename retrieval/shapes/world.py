@@ -1,4 +1,19 @@
-"""TODO"""
+"""The Shapes world: procedurally generated scenes whose ground truth is known exactly.
+
+No pretrained weights or public datasets can be downloaded here, so every feature (text, image
+and composed search, tagging, heatmaps, training) is demonstrated on this seeded world.
+
+A scene holds 1 to 3 objects, each with a shape, a colour, a size and a position (one object per
+position). A scene's canonical description is unique to it; captions paraphrase it; two renderings
+of one scene differ in pixels (jittered position, size, rotation, colour and background).
+
+Splits are disjoint by scene: a scene belongs to train, val or test by a hash of its description.
+`write_dataset` writes the CIRR on-disk format (captions/cap.rc2.{split}.json,
+image_splits/split.rc2.{split}.json, images under {split}/) plus `metadata.csv` for the
+collection reader. Each gallery set is a reference scene, five single-edit variants of it
+(the CIRR `img_set`, which doubles as "looks like the reference" distractors) and two scenes that
+contain the edited object elsewhere ("matches only the text" distractors).
+"""
 
 from __future__ import annotations
 

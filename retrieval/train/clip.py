@@ -1,4 +1,8 @@
-"""TODO"""
+"""Contrastive CLIP training (from scratch or fine-tuning) on image/text pairs, and its validators.
+
+The Shapes CLIP in `precomputed/` comes from here through `python -m retrieval train-clip
+--recipe recipes/shapes-clip-tiny.toml`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""X"""
+"""CLIP4Cir's two training stages.
+
+stage 1  `train_stage1`: fine-tune CLIP with query = normalise(i + t) against the target image,
+         AdamW lr 2e-6 (`train_composed`);
+stage 2  `train_combiner`: CLIP frozen, image features precomputed once (cached on disk),
+         Adam lr 2e-5, cross-entropy over in-batch logits 100 * query @ targets^T.
+"""
 
 from __future__ import annotations
 

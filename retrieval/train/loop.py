@@ -1,4 +1,23 @@
-"""TODO"""
+"""The project's one training loop, its config, checkpoints and device handling.
+
+A plain loop in the nanoGPT spirit, shared by every trainer in the project:
+
+    cfg = TrainConfig(steps=2000, batch_size=128, lr=5e-4, out_dir="runs/x")
+    result = train_clip(model, loader, cfg, validate=lambda m: {"r@10": ...})
+
+Objectives
+  * `train.clip.train_clip`          image/text pairs, symmetric InfoNCE with the model's own `logit_scale`
+                      (from scratch or fine-tuning; `cfg.towers` and `cfg.last_blocks` pick what learns).
+  * `train.composed.train_composed`  CLIP4Cir stage 1: query = normalise(f_img(ref) + f_txt(caption)),
+                      target = f_img(target), cross-entropy on 100 * q @ t^T (AdamW lr 2e-6 defaults).
+  * `train_loop`      the generic loop both use; other trainers (the Combiner, textual inversion)
+                      pass their own `step_loss(model, batch) -> loss`.
+
+Device-agnostic (CUDA with autocast when present, else CPU), seeded, tqdm progress with loss and
+samples/s, periodic validation through a metric callback, best-checkpoint selection and resume.
+Checkpoints are folders: `model.safetensors` + `train_state.json` (config, step, metrics) +
+`optimizer.pt` (a plain state dict, read back with `torch.load(weights_only=True)`).
+"""
 
 from __future__ import annotations
 

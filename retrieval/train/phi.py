@@ -1,4 +1,6 @@
-"""TODO"""
+"""Training phi for zero-shot composed retrieval: the contrastive objective with the word regulariser,
+OTI (optimising one pseudo-word per image) and distilling phi from OTI tokens.
+"""
 
 from __future__ import annotations
 
