@@ -13,14 +13,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from retrieval.catalog import Catalog
-from retrieval.config import Settings, get_settings
+from retrieval.config import Settings
 from webapp.api import create_api
 from webapp.ui import build_ui, launch_options
 
 
 def create_app(catalog: Catalog | None = None, settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    catalog = catalog or Catalog.from_file(settings.collections_file)
+    settings = settings or Settings.from_env()
+    catalog = catalog or Catalog.from_file(settings.collections_file, settings)
     app = create_api(catalog, settings)
     demo = build_ui(catalog, settings)
     return gr.mount_gradio_app(app, demo, path="", **launch_options(settings))
@@ -35,6 +35,6 @@ def bind_address(settings: Settings) -> tuple[str, int]:
 
 
 if __name__ == "__main__":
-    settings = get_settings()
+    settings = Settings.from_env()
     host, port = bind_address(settings)
     uvicorn.run(create_app(settings=settings), host=host, port=port)

@@ -90,7 +90,7 @@ def fixture_catalog(folder: Path) -> Path:
 
     from retrieval.backbone import load_backbone, new_model, save_backbone
     from retrieval.index import build_index
-    from retrieval.shapes import write_dataset
+    from retrieval.shapes.world import write_dataset
 
     torch.manual_seed(0)
     model, _, _ = new_model("ShapesCLIP-Tiny", device="cpu")
@@ -201,7 +201,7 @@ def percentiles(values: list[float]) -> list[float]:
 
 
 def report(args, data, recorder: Recorder, elapsed: float, device: str) -> str:
-    from bench.report import markdown_table
+    from retrieval.eval.report import markdown_table
 
     rows = []
     every = [v for kind in KINDS for v in recorder.latencies[kind]]

@@ -82,9 +82,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
     assert rates[-1] == pytest.approx(0.1, abs=0.01)
-    assert (
-        loop.learning_rate(TrainConfig(lr=0.5, warmup_steps=0, schedule="constant"), 999) == 0.5
-    )
+    assert loop.learning_rate(TrainConfig(lr=0.5, warmup_steps=0, schedule="constant"), 999) == 0.5
 
 
 def test_composed_defaults_follow_the_clip4cir_recipe():
@@ -156,9 +154,7 @@ def test_train_loop_learns_validates_and_keeps_the_best(tmp_path):
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = _Line()
-    loop.train_loop(
-        straight, _line_loader(), _line_cfg(tmp_path / "a"), _line_loss, progress=False
-    )
+    loop.train_loop(straight, _line_loader(), _line_cfg(tmp_path / "a"), _line_loss, progress=False)
     first = _Line()
     loop.train_loop(
         first, _line_loader(), _line_cfg(tmp_path / "b", steps=20), _line_loss, progress=False

@@ -15,9 +15,23 @@ from retrieval.config import Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.index import Index
 from tests.ui_fixtures import make_catalog, make_images
-from webapp import ui_logic as logic
-from webapp.ui_events import guarded
-from webapp.ui_upload import delete_session, index_archive, index_upload, new_session
+from webapp.ui.common import guarded, random_sample
+from webapp.ui.composed import breadcrumbs, composed_methods, composed_search, push_step, step_back
+from webapp.ui.detail import item_details
+from webapp.ui.explain import explain, explain_query
+from webapp.ui.gallery import browse
+from webapp.ui.image_search import image_search
+from webapp.ui.shell import catalog_overview, collection_summary
+from webapp.ui.state import (
+    SESSION_PREFIX,
+    collection_choices,
+    delete_session,
+    get_collection,
+    new_session,
+)
+from webapp.ui.tagging import tag, vocabularies
+from webapp.ui.text_search import artists, make_filters, text_search
+from webapp.ui.your_collection import index_archive, index_upload
 
 
 @pytest.fixture(scope="module")
@@ -47,85 +61,85 @@ def zip_of_images(path: Path) -> Path:
 # -- collections -----------------------------------------------------------------------------
 def test_offline_hub_collection_reports_its_reason_and_others_still_work(catalog):
     with pytest.raises(CollectionUnavailable, match="not in the local cache"):
-        logic.get_collection(catalog, None, "remote")
-    overview = logic.catalog_overview(catalog)
+        get_collection(catalog, None, "remote")
+    overview = catalog_overview(catalog)
     assert "Test scenes" in overview and "ready" in overview
     assert "Remote (Hub only)" in overview and "unavailable" in overview
-    assert logic.get_collection(catalog, None, "scenes").name == "scenes"
+    assert get_collection(catalog, None, "scenes").name == "scenes"
 
 
 def test_unknown_and_foreign_session_collections_are_refused(catalog):
     with pytest.raises(NotFound, match="no collection"):
-        logic.get_collection(catalog, None, "nope")
+        get_collection(catalog, None, "nope")
     with pytest.raises(NotFound, match="another or an expired session"):
-        logic.get_collection(catalog, None, logic.SESSION_PREFIX + "someone-elses")
+        get_collection(catalog, None, SESSION_PREFIX + "someone-elses")
     with pytest.raises(BadInput):
-        logic.get_collection(catalog, None, "")
+        get_collection(catalog, None, "")
 
 
 def test_choices_summary_and_methods(catalog, scenes):
-    assert logic.collection_choices(catalog) == [
+    assert collection_choices(catalog) == [
         ("Test scenes", "scenes"),
         ("Remote (Hub only)", "remote"),
     ]
-    assert "9 items" in logic.collection_summary(scenes)
-    assert logic.artists(scenes) == ["Bruno", "Anna"]  # Bruno has 5 of the 9 items
-    assert logic.composed_methods(scenes) == ["sum"]
+    assert "9 items" in collection_summary(scenes)
+    assert artists(scenes) == ["Bruno", "Anna"]  # Bruno has 5 of the 9 items
+    assert composed_methods(scenes) == ["sum"]
 
 
 def test_trained_composers_are_listed_before_the_sum_baseline(scenes):
     original = dict(scenes.searcher.composers)
     try:
         scenes.searcher.composers["zero-shot"] = original["sum"]
-        assert logic.composed_methods(scenes) == ["zero-shot", "sum"]
+        assert composed_methods(scenes) == ["zero-shot", "sum"]
     finally:
         scenes.searcher.composers = original
 
 
 # -- gallery and detail ----------------------------------------------------------------------
 def test_browse_pages_through_the_index_and_serves_thumbnails_in_place(scenes):
-    gallery, hits, info, page = logic.browse(scenes, 2, page_size=4)
+    gallery, hits, info, page = browse(scenes, 2, page_size=4)
     assert page == 2 and info.startswith("Page 2 of 3")
     assert [hit["id"] for hit in hits] == [item["id"] for item in scenes.index.items[4:8]]
     assert [hit["rank"] for hit in hits] == [5, 6, 7, 8]
     for (path, caption), hit in zip(gallery, hits, strict=True):
         assert Path(path).parent == scenes.index.directory / "thumbs" and Path(path).is_file()
         assert caption == hit["title"]
-    assert logic.browse(scenes, 99, page_size=4)[3] == 3  # clamped to the last page
-    assert len(logic.browse(scenes, 3, page_size=4)[1]) == 1
+    assert browse(scenes, 99, page_size=4)[3] == 3  # clamped to the last page
+    assert len(browse(scenes, 3, page_size=4)[1]) == 1
 
 
 def test_random_sample_has_distinct_items_and_follows_the_seed(scenes):
-    _, first = logic.random_sample(scenes, 5, seed=1)
-    _, again = logic.random_sample(scenes, 5, seed=1)
+    _, first = random_sample(scenes, 5, seed=1)
+    _, again = random_sample(scenes, 5, seed=1)
     assert first == again and len({hit["id"] for hit in first}) == 5
-    assert len(logic.random_sample(scenes, 50)[1]) == 9
+    assert len(random_sample(scenes, 50)[1]) == 9
 
 
 def test_item_details_show_metadata_and_a_source_link(scenes):
-    image, card = logic.item_details(scenes, "red-circle")
+    image, card = item_details(scenes, "red-circle")
     assert Path(image).name == "red_circle.png"
     for text in ("A red circle", "Bruno", "1800", "a red circle on a pale ground"):
         assert text in card
     assert "[Source](https://example.org/items/red-circle)" in card
     with pytest.raises(NotFound):
-        logic.item_details(scenes, "no-such-item")
+        item_details(scenes, "no-such-item")
     with pytest.raises(BadInput):
-        logic.item_details(scenes, "  ")
+        item_details(scenes, "  ")
 
 
 def test_item_details_escape_html_and_drop_unsafe_links(scenes, monkeypatch):
     item = scenes.index.item("red-square")
     monkeypatch.setitem(item, "title", "<script>alert(1)</script>")
     monkeypatch.setitem(item, "url", "javascript:alert(1)")
-    _, card = logic.item_details(scenes, "red-square")
+    _, card = item_details(scenes, "red-square")
     assert "<script>" not in card and "&lt;script&gt;" in card
     assert "javascript:" not in card
 
 
 # -- searches --------------------------------------------------------------------------------
 def test_text_search_ranks_by_score_with_captions(scenes):
-    gallery, hits, notes = logic.text_search(scenes, "a red circle", k=5)
+    gallery, hits, notes = text_search(scenes, "a red circle", k=5)
     assert len(hits) == 5 and notes == []
     scores = [hit["score"] for hit in hits]
     assert scores == sorted(scores, reverse=True)
@@ -133,38 +147,34 @@ def test_text_search_ranks_by_score_with_captions(scenes):
 
 
 def test_text_search_filters_and_minimum_score(scenes):
-    _, hits, _ = logic.text_search(
-        scenes, "a shape", k=9, filters=logic.make_filters(artist="anna")
-    )
+    _, hits, _ = text_search(scenes, "a shape", k=9, filters=make_filters(artist="anna"))
     assert hits and {scenes.index.item(h["id"])["artist"] for h in hits} == {"Anna"}
-    _, hits, _ = logic.text_search(
-        scenes, "a shape", k=9, filters=logic.make_filters(date_from=1820, date_to=1840)
+    _, hits, _ = text_search(
+        scenes, "a shape", k=9, filters=make_filters(date_from=1820, date_to=1840)
     )
     assert {h["id"] for h in hits} == {"red-triangle", "green-circle", "green-square"}
-    _, hits, _ = logic.text_search(
-        scenes, "a shape", k=9, filters=logic.make_filters(keyword="blue")
-    )
+    _, hits, _ = text_search(scenes, "a shape", k=9, filters=make_filters(keyword="blue"))
     assert {h["id"] for h in hits} == {"blue-circle", "blue-square", "blue-triangle"}
-    _, hits, notes = logic.text_search(scenes, "a shape", k=9, min_score=0.999)
+    _, hits, notes = text_search(scenes, "a shape", k=9, min_score=0.999)
     assert hits == [] and "minimum score" in notes[0]
-    assert len(logic.text_search(scenes, "a shape", k=9, min_score=-1)[1]) == 9
+    assert len(text_search(scenes, "a shape", k=9, min_score=-1)[1]) == 9
 
 
 def test_text_search_rejects_bad_input(scenes):
     with pytest.raises(BadInput, match="empty"):
-        logic.text_search(scenes, "   ")
+        text_search(scenes, "   ")
     with pytest.raises(BadInput, match="date range"):
-        logic.make_filters(date_from=1900, date_to=1800)
+        make_filters(date_from=1900, date_to=1800)
     with pytest.raises(BadInput, match="k must be"):
-        logic.text_search(scenes, "a red circle", k=0)
+        text_search(scenes, "a red circle", k=0)
 
 
 def test_image_search_by_item_excludes_it_and_by_upload_finds_the_same_image(scenes, tmp_path):
-    _, hits, _ = logic.image_search(scenes, None, "blue-square", k=8)
+    _, hits, _ = image_search(scenes, None, "blue-square", k=8)
     assert "blue-square" not in {h["id"] for h in hits} and len(hits) == 8
     upload = tmp_path / "query.png"
     Image.open(scenes.index.image_path("blue-square")).save(upload)
-    _, hits, _ = logic.image_search(scenes, str(upload), None, k=3)
+    _, hits, _ = image_search(scenes, str(upload), None, k=3)
     assert hits[0]["id"] == "blue-square" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -172,68 +182,68 @@ def test_image_search_reports_corrupt_and_missing_images(scenes, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(BadInput, match="broken.png"):
-        logic.image_search(scenes, str(broken), None)
+        image_search(scenes, str(broken), None)
     with pytest.raises(BadInput, match="give an image"):
-        logic.image_search(scenes, None, "")
+        image_search(scenes, None, "")
 
 
 def test_composed_search_excludes_the_reference_and_returns_its_query(scenes):
-    gallery, hits, notes, vector = logic.composed_search(
+    gallery, hits, notes, vector = composed_search(
         scenes, None, "red-circle", "make it blue", "sum", k=4
     )
     assert len(hits) == 4 and "red-circle" not in {h["id"] for h in hits}
     assert len(vector) == scenes.backbone.dim
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(BadInput, match="not available"):
-        logic.composed_search(scenes, None, "red-circle", "make it blue", "combiner")
+        composed_search(scenes, None, "red-circle", "make it blue", "combiner")
     with pytest.raises(BadInput, match="empty"):
-        logic.composed_search(scenes, None, "red-circle", " ", "sum")
+        composed_search(scenes, None, "red-circle", " ", "sum")
 
 
 def test_refinement_chain_grows_and_steps_back(scenes):
     first = [{"id": "blue-circle", "rank": 1, "title": "A blue circle", "score": 0.5}]
-    chain = logic.push_step([], "red-circle", None, "A red circle", "make it blue", "sum", first)
+    chain = push_step([], "red-circle", None, "A red circle", "make it blue", "sum", first)
     second = [{"id": "blue-square", "rank": 1, "title": "A blue square", "score": 0.4}]
-    chain = logic.push_step(chain, "blue-circle", None, "A blue circle", "square", "sum", second)
-    crumbs = logic.breadcrumbs(chain, "A blue square")
+    chain = push_step(chain, "blue-circle", None, "A blue circle", "square", "sum", second)
+    crumbs = breadcrumbs(chain, "A blue square")
     assert crumbs == (
         "**A red circle** + “make it blue” → **A blue circle** + “square” → **A blue square**"
     )
-    shorter, last, hits = logic.step_back(chain)
+    shorter, last, hits = step_back(chain)
     assert len(shorter) == 1 and last["id"] == "blue-circle" and last["text"] == "square"
     assert hits == first
-    shorter, last, hits = logic.step_back(shorter)
+    shorter, last, hits = step_back(shorter)
     assert shorter == [] and last["id"] == "red-circle" and hits == []
     with pytest.raises(BadInput):
-        logic.step_back(shorter)
+        step_back(shorter)
 
 
 # -- tagging and explanations ----------------------------------------------------------------
 def test_tagging_an_item_matches_tagging_its_image(scenes):
-    names, default = logic.vocabularies(scenes)
+    names, default = vocabularies(scenes)
     assert "heritage" in names and default == "heritage"
-    by_item = logic.tag(scenes, None, "green-square", "heritage", "single", 1)
+    by_item = tag(scenes, None, "green-square", "heritage", "single", 1)
     image = str(scenes.index.image_path("green-square"))
-    by_image = logic.tag(scenes, image, None, "heritage", "single", 1)
+    by_image = tag(scenes, image, None, "heritage", "single", 1)
     assert [t["tag"] for t in by_item] == [t["tag"] for t in by_image]
     groups = [t["group"] for t in by_item]
     assert len(groups) == len(set(groups))  # single mode: one tag per group
     with pytest.raises(BadInput, match="vocabulary"):
-        logic.tag(scenes, None, "green-square", "")
+        tag(scenes, None, "green-square", "")
 
 
 def test_explain_draws_a_heatmap_for_an_item_and_for_a_search_query(scenes):
-    overlay, note = logic.explain(scenes, None, "red-circle", "a red circle", "auto", 0.5)
+    overlay, note = explain(scenes, None, "red-circle", "a red circle", "auto", 0.5)
     assert overlay.size == Image.open(scenes.index.image_path("red-circle")).size
     assert "Similarity" in note
-    vector_query = logic.explain_query(scenes, {"type": "item", "id": "blue-circle"})
+    vector_query = explain_query(scenes, {"type": "item", "id": "blue-circle"})
     assert vector_query.shape == (scenes.backbone.dim,)
-    overlay, _ = logic.explain(scenes, None, "red-circle", vector_query)
+    overlay, _ = explain(scenes, None, "red-circle", vector_query)
     assert overlay.mode == "RGB"
     with pytest.raises(BadInput, match="run a search"):
-        logic.explain_query(scenes, None)
+        explain_query(scenes, None)
     with pytest.raises(BadInput, match="type the text"):
-        logic.explain(scenes, None, "red-circle", "  ")
+        explain(scenes, None, "red-circle", "  ")
 
 
 # -- your own collection ---------------------------------------------------------------------
@@ -242,16 +252,16 @@ def test_upload_is_indexed_for_this_session_only(catalog, scenes, tmp_path, sett
     session, added = index_upload(
         None, str(archive), "My Photos", scenes, settings=settings, progress=False
     )
-    assert added.name == logic.SESSION_PREFIX + "my_photos"
+    assert added.name == SESSION_PREFIX + "my_photos"
     assert len(added.index) == 9 and added.backbone is scenes.backbone
-    assert logic.get_collection(catalog, session, added.name) is added
+    assert get_collection(catalog, session, added.name) is added
     assert added.name not in catalog.names()
     with pytest.raises(NotFound):
-        logic.get_collection(catalog, new_session(settings), added.name)
-    _, hits, _ = logic.text_search(added, "a red circle", k=3)
+        get_collection(catalog, new_session(settings), added.name)
+    _, hits, _ = text_search(added, "a red circle", k=3)
     assert len(hits) == 3
-    assert (added.name, added.name) not in logic.collection_choices(catalog)
-    assert (added.spec.title, added.name) in logic.collection_choices(catalog, session)
+    assert (added.name, added.name) not in collection_choices(catalog)
+    assert (added.spec.title, added.name) in collection_choices(catalog, session)
     delete_session(session)
     assert not session.folder.exists()
 
@@ -315,9 +325,9 @@ def test_space_binds_every_interface(monkeypatch):
 def test_item_details_list_tags_from_metadata_strings_and_lists(scenes, monkeypatch):
     item = scenes.index.item("red-square")
     monkeypatch.setitem(item, "tags", "red; square; left")  # as a metadata CSV column holds them
-    _, card = logic.item_details(scenes, "red-square")
+    _, card = item_details(scenes, "red-square")
     assert "**Tags:** red, square, left" in card
     # as `tag --store` writes
     monkeypatch.setitem(item, "tags", ["baroque", {"tag": "oil paint", "score": 0.5}])
-    _, card = logic.item_details(scenes, "red-square")
+    _, card = item_details(scenes, "red-square")
     assert "**Tags:** baroque, oil paint" in card

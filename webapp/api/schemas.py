@@ -1,0 +1,141 @@
+"""The JSON bodies the API answers with, and the functions that fill the shared ones.
+
+Pydantic models document every response in /openapi.json; the routers return plain dicts that
+FastAPI validates against them.
+"""
+
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, Field
+
+INTERNAL_FIELDS = {"fingerprint", "thumb"}
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable kind, e.g. not_found, bad_input, too_large")
+    message: str = Field(description="what went wrong and how to fix it, for a person")
+    detail: list[dict[str, Any]] | None = Field(None, description="per-field problems (422)")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"error": "not_found", "message": "no item 'x' in this collection"}]
+        }
+    }
+
+
+class CollectionSummary(BaseModel):
+    name: str
+    title: str
+    description: str = ""
+    examples: list[str] = []
+    url: str = Field(description="this collection's details")
+
+
+class CollectionInfo(CollectionSummary):
+    count: int = Field(description="number of items")
+    model: str
+    dim: int
+    index_type: str
+    preprocessing: str
+    composed_methods: list[str] = Field(description="values accepted by search/composed `method`")
+    vocabulary: str | None = Field(None, description="default tagging vocabulary")
+    uploaded: bool = Field(description="true for collections created through the API")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionSummary]
+
+
+class ItemOut(BaseModel):
+    id: str
+    item: dict[str, Any] = Field(description="metadata: title, artist, date, description, ...")
+    thumb_url: str
+    image_url: str
+
+
+class ItemPage(BaseModel):
+    total: int
+    offset: int
+    items: list[ItemOut]
+
+
+class HitOut(ItemOut):
+    score: float = Field(description="cosine similarity between query and item, -1..1")
+    rank: int = Field(description="1-based position in the whole ranking (offset included)")
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    query: dict[str, Any]
+    k: int
+    offset: int
+    notes: list[str] = Field(description="remarks, e.g. that a long text was truncated")
+    hits: list[HitOut]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "collection": "shapes",
+                    "query": {"type": "text", "text": "a large red circle"},
+                    "k": 1,
+                    "offset": 0,
+                    "notes": [],
+                    "hits": [
+                        {
+                            "id": "scene-0042",
+                            "score": 0.31,
+                            "rank": 1,
+                            "item": {"id": "scene-0042", "title": "a large red circle"},
+                            "thumb_url": "http://localhost:7860/api/collections/shapes/items/scene-0042/image?size=thumb",
+                            "image_url": "http://localhost:7860/api/collections/shapes/items/scene-0042/image?size=full",
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+
+
+class TagOut(BaseModel):
+    tag: str
+    score: float = Field(description="probability within the tag's group")
+    group: str
+
+
+class TagsResponse(BaseModel):
+    collection: str
+    vocabulary: str
+    mode: str
+    tags: list[TagOut]
+
+
+class ExplainResponse(BaseModel):
+    score: float = Field(description="cosine similarity of image and query: what the map explains")
+    method: str
+    width: int = Field(description="width of the explained image in pixels")
+    height: int
+    peak: list[float] = Field(description="(x, y) of the most relevant point, in image pixels")
+    heatmap: list[list[float]] = Field(description="relevance rows in [0, 1], at most 256 wide")
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+# -- filling them ------------------------------------------------------------------------------
+def public_item(item: dict) -> dict:
+    """An item's metadata without the fields only the index needs."""
+    return {key: value for key, value in item.items() if key not in INTERNAL_FIELDS}
+
+
+def item_out(request: Request, collection: str, item: dict) -> dict:
+    """An item with absolute links to its thumbnail and image (an ItemOut)."""
+    url = str(request.url_for("item_image", collection=collection, item_id=item["id"]))
+    return {
+        "id": item["id"],
+        "item": public_item(item),
+        "thumb_url": f"{url}?size=thumb",
+        "image_url": f"{url}?size=full",
+    }

@@ -1,0 +1,167 @@
+"""Search a collection by text, by image (an upload or an item), or by an image plus a change.
+
+Every search answers the same SearchResponse: hits with scores, ranks and links, paged by k and
+offset, narrowed by the metadata filters.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the Annotated aliases.
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+
+from retrieval.catalog import Catalog
+from retrieval.config import Settings
+from retrieval.errors import BadInput
+from retrieval.search import Filters, SearchResult
+from webapp.api.deps import (
+    MAX_TEXT_CHARS,
+    ItemForm,
+    MinScore,
+    Offset,
+    Params,
+    one_source,
+    read_upload,
+)
+from webapp.api.errors import responses
+from webapp.api.schemas import SearchResponse, item_out
+
+
+def filters(
+    artist: Annotated[str | None, Query(max_length=200, description="exact artist (any case)")] = None,
+    date_from: Annotated[int | None, Query(ge=-10_000, le=10_000, description="year, inclusive")] = None,
+    date_to: Annotated[int | None, Query(ge=-10_000, le=10_000, description="year, inclusive")] = None,
+    keyword: Annotated[str | None, Query(max_length=200, description="words in title or description")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=20, description="required tags (repeatable)")] = None,
+) -> Filters:  # fmt: skip
+    if date_from is not None and date_to is not None and date_from > date_to:
+        raise BadInput(f"date_from ({date_from}) is after date_to ({date_to})")
+    return Filters(artist=artist, date_from=date_from, date_to=date_to, keyword=keyword, tags=tag)
+
+
+SearchFilters = Annotated[Filters, Depends(filters)]
+
+
+def search_response(request: Request, name: str, result: SearchResult, k: int, offset: int):
+    hits = [
+        {**item_out(request, name, hit.item), "score": hit.score, "rank": hit.rank}
+        for hit in result.hits
+    ]
+    return {
+        "collection": name,
+        "query": result.query,
+        "k": k,
+        "offset": offset,
+        "notes": result.notes,
+        "hits": hits,
+    }
+
+
+def router(catalog: Catalog, settings: Settings) -> APIRouter:
+    api, params = APIRouter(tags=["search"]), Params.of(catalog, settings)
+    collection_param, k_param, file_param = params.collection, params.k, params.image_file
+
+    @api.get(
+        "/api/collections/{collection}/search/text",
+        response_model=SearchResponse,
+        summary="find images matching a description",
+        responses=responses(400, 404, 422, 503),
+    )
+    def search_text(
+        request: Request,
+        collection: collection_param,
+        search_filters: SearchFilters,
+        q: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=MAX_TEXT_CHARS,
+                description="what to look for; texts longer than the model reads are truncated "
+                "(the response's notes say so)",
+                examples=["a large red circle"],
+            ),
+        ],
+        k: k_param = 10,
+        offset: Offset = 0,
+        min_score: MinScore = None,
+    ):
+        searcher = catalog.get(collection).searcher
+        result = searcher.text(q, k=k, offset=offset, min_score=min_score, filters=search_filters)
+        return search_response(request, collection, result, k, offset)
+
+    @api.post(
+        "/api/collections/{collection}/search/image",
+        response_model=SearchResponse,
+        summary="find images similar to an uploaded image or to an item",
+        responses=responses(400, 404, 413, 422, 503),
+    )
+    def search_image(
+        request: Request,
+        collection: collection_param,
+        search_filters: SearchFilters,
+        file: file_param = None,
+        item_id: ItemForm = None,
+        k: k_param = 10,
+        offset: Offset = 0,
+        min_score: MinScore = None,
+    ):
+        file = one_source(file, item_id, "query image")
+        searcher = catalog.get(collection).searcher
+        options = dict(k=k, offset=offset, min_score=min_score, filters=search_filters)
+        if file is not None:
+            result = searcher.image(read_upload(file, settings.max_image_mb), **options)
+        else:
+            result = searcher.similar(item_id, **options)
+        return search_response(request, collection, result, k, offset)
+
+    @api.post(
+        "/api/collections/{collection}/search/composed",
+        response_model=SearchResponse,
+        summary="find images like a reference image, changed as a text says",
+        responses=responses(400, 404, 413, 422, 503),
+    )
+    def search_composed(
+        request: Request,
+        collection: collection_param,
+        search_filters: SearchFilters,
+        text: Annotated[
+            str,
+            Form(
+                min_length=1,
+                max_length=MAX_TEXT_CHARS,
+                description="the change, e.g. 'make it blue'",
+                examples=["make it blue"],
+            ),
+        ],
+        method: Annotated[
+            str,
+            Form(
+                max_length=40,
+                description="sum (always), combiner, zero-shot: see the collection's composed_methods",
+            ),
+        ] = "sum",
+        file: file_param = None,
+        item_id: ItemForm = None,
+        k: k_param = 10,
+        offset: Offset = 0,
+        min_score: MinScore = None,
+    ):
+        file = one_source(file, item_id, "reference image")
+        loaded = catalog.get(collection)
+        if file is not None:
+            reference = read_upload(file, settings.max_image_mb)
+        else:
+            loaded.index.position(item_id)  # an unknown id is a 404, never a file path
+            reference = item_id
+        result = loaded.searcher.composed(
+            reference,
+            text,
+            method=method,
+            k=k,
+            offset=offset,
+            min_score=min_score,
+            filters=search_filters,
+        )
+        return search_response(request, collection, result, k, offset)
+
+    return api

@@ -1,0 +1,96 @@
+"""Explain tab: a heatmap of which parts of an image match a text.
+
+It also answers the detail panel's "Why this result?", explaining a clicked result against the
+query that found it. The heatmap itself is `webapp.analysis.explain`, shared with the REST API.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+
+from retrieval.catalog import Collection
+from retrieval.errors import BadInput
+from retrieval.explain import METHODS
+from webapp import analysis
+from webapp.ui.common import guarded, image_or_item, reference_of
+from webapp.ui.detail import Detail
+from webapp.ui.shell import Shell
+
+
+def explain_query(collection: Collection, query: dict | None):
+    """The query a search ran with, in the form `retrieval.explain.explain` takes."""
+    if not query:
+        raise BadInput("run a search and click one of its results first")
+    if query["type"] == "text":
+        return query["text"]
+    if query["type"] == "item":
+        return collection.searcher.item_vector(query["id"])
+    if query["type"] == "image":
+        return Path(query["image"])  # a str would be read as a text
+    return np.asarray(query["vector"], dtype=np.float32)
+
+
+def explain(
+    collection: Collection,
+    image: str | None,
+    item_id: str | None,
+    query,
+    method: str = "auto",
+    opacity: float = 0.5,
+):
+    """(overlay PIL image, markdown): which parts of the image match the query, and the score."""
+    if isinstance(query, str) and not query.strip():
+        raise BadInput("type the text the image should be explained against")
+    heatmap = analysis.explain(collection, reference_of(image, item_id), query, method)
+    note = f"Similarity **{heatmap.score:.3f}** · method `{heatmap.method}`"
+    return heatmap.overlay(float(opacity)), note
+
+
+def build() -> SimpleNamespace:
+    with gr.Tab("Explain", id="explain"):
+        with image_or_item("Image", "explain-item") as (image, item):
+            text = gr.Textbox(label="Explain against this text", elem_id="explain-text")
+            method = gr.Radio(list(METHODS), value="auto", label="Method")
+            opacity = gr.Slider(0, 1, 0.5, step=0.05, label="Opacity")
+            button = gr.Button("Explain", variant="primary", elem_id="explain-button")
+        output = gr.Image(label="Relevance heatmap", interactive=False, elem_id="explain-output")
+        note = gr.Markdown()
+    return SimpleNamespace(**locals())
+
+
+def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
+    @guarded
+    def explain_image(collection_name, image, item_id, text, method_name, opacity, session):
+        current = shell.resolve(session, collection_name)
+        return explain(current, image, item_id, text or "", method_name, opacity)
+
+    tab.button.click(
+        explain_image,
+        [
+            shell.collection,
+            tab.image,
+            tab.item,
+            tab.text,
+            tab.method,
+            tab.opacity,
+            shell.session,
+        ],
+        [tab.output, tab.note],
+        api_name="explain",
+    )
+
+    @guarded
+    def why_this_result(collection_name, item_id, query_used, session):
+        current = shell.resolve(session, collection_name)
+        overlay, note = explain(current, None, item_id, explain_query(current, query_used))
+        return gr.Image(overlay, visible=True), note
+
+    detail.why_button.click(
+        why_this_result,
+        [shell.collection, detail.selected_id, detail.selected_query, shell.session],
+        [detail.why_image, detail.why_note],
+        api_name="why_this_result",
+        api_visibility="private",
+    )

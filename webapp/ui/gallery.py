@@ -1,0 +1,91 @@
+"""Gallery tab: page through the chosen collection, or look at a random sample of it."""
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from retrieval.catalog import Collection
+from webapp.ui.common import (
+    PAGE_SIZE,
+    GalleryItems,
+    guarded,
+    hit_record,
+    random_sample,
+    results_gallery,
+    to_gallery,
+)
+from webapp.ui.detail import Detail
+from webapp.ui.shell import Shell
+
+
+def page_count(collection: Collection, page_size: int = PAGE_SIZE) -> int:
+    return max(1, -(-len(collection.index) // page_size))
+
+
+def browse(
+    collection: Collection, page: int = 1, page_size: int = PAGE_SIZE
+) -> tuple[GalleryItems, list[dict], str, int]:
+    """(gallery, items, "Page x of y", page): 1-based pages, clamped to the valid range."""
+    page_size = max(1, min(int(page_size), 200))
+    pages = page_count(collection, page_size)
+    page = max(1, min(int(page or 1), pages))
+    start = (page - 1) * page_size
+    rows = collection.index.items[start : start + page_size]
+    hits = [hit_record(collection, row["id"], None, start + i + 1) for i, row in enumerate(rows)]
+    info = f"Page {page} of {pages} · {len(collection.index):,} items"
+    return to_gallery(collection, hits), hits, info, page
+
+
+def build() -> SimpleNamespace:
+    with gr.Tab("Gallery", id="gallery"):
+        with gr.Row(equal_height=True):
+            prev_page = gr.Button("◀ Previous", size="sm")
+            page = gr.Number(1, label="Page", precision=0, minimum=1)
+            next_page = gr.Button("Next ▶", size="sm")
+            sample = gr.Button("Random sample", size="sm")
+        page_info = gr.Markdown()
+        gallery, hits = results_gallery(
+            "Collection", "browse-gallery", json_title="Items as JSON", json_label="Items"
+        )
+    follows = [gallery, hits, page_info, page]
+    return SimpleNamespace(**locals())
+
+
+def follow(collection: Collection | None) -> tuple:
+    """A newly chosen collection opens on its first page."""
+    if collection is None:
+        return [], [], "", 1
+    gallery, hits, info, _ = browse(collection, 1)
+    return gallery, hits, info, 1
+
+
+def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
+    @guarded
+    def show_page(collection_name, page_number, session):
+        return browse(shell.resolve(session, collection_name), page_number or 1)
+
+    inputs = [shell.collection, tab.page, shell.session]
+    outputs = [tab.gallery, tab.hits, tab.page_info, tab.page]
+    tab.page.submit(show_page, inputs, outputs, api_name="browse")
+
+    def turn(step: int):
+        return guarded(lambda name, p, s: show_page(name, (p or 1) + step, s))
+
+    for button, step, api in (
+        (tab.prev_page, -1, "browse_previous"),
+        (tab.next_page, 1, "browse_next"),
+    ):
+        button.click(turn(step), inputs, outputs, api_name=api, api_visibility="private")
+
+    @guarded
+    def sample_items(collection_name, session):
+        gallery, hits = random_sample(shell.resolve(session, collection_name))
+        return gallery, hits, "Random sample"
+
+    tab.sample.click(
+        sample_items,
+        [shell.collection, shell.session],
+        [tab.gallery, tab.hits, tab.page_info],
+        api_name="random_sample",
+    )
+    detail.follow_clicks(tab.gallery, tab.hits, None, "select_gallery_item")
