@@ -1,28 +1,23 @@
 """Composed retrieval on the Shapes world: baselines, the Combiner (frozen and stage-1 CLIP), zero-shot.
 
-Trains (unless the outputs exist or --skip-train), evaluates on the held-out Shapes test split with
+Measures only: evaluates the models that the recipes produce on the held-out Shapes test split with
 the CIRR protocol (whole test gallery, reference removed, Recall_subset over the img_set), and
 measures the CPU cost of one composed query on a 100k-item index, relative to the bare text encoder.
 
-    python -m bench.composed_benchmark                  # train what is missing, evaluate, report
-    python -m bench.composed_benchmark --retrain        # retrain both Combiners and the stage-1 CLIP
-    python -m bench.composed_benchmark --retrain stage1 # retrain only the stage-1 CLIP and its Combiner
+    python -m bench.composed_benchmark                  # evaluate, report
     python -m bench.composed_benchmark --cost-only      # only the per-query cost table
 
-Ships the frozen-CLIP Combiner at precomputed/shapes-combiner/ (the app's method "combiner"); the
-stage-1 CLIP and its Combiner stay under runs/composed/. The defaults are the shipped recipe: the
-frozen-CLIP Combiner on 16,000 generated train sets (160,000 triplets), 30,000 steps (about 35 min
-on one CPU thread); stage 1 on 4,000 sets, 3,000 steps (about an hour on one CPU thread, under
-3 min on one H200) and its Combiner, 10,000 steps.
+The models come from recipes (each file says how to make its training data):
+    precomputed/shapes-combiner   python -m retrieval train-combiner --recipe recipes/shapes-combiner.toml
+    runs/composed/stage1-clip     python -m retrieval train-stage1 --recipe recipes/shapes-stage1.toml
+    runs/composed/stage1-combiner python -m retrieval train-combiner --recipe recipes/shapes-stage1-combiner.toml
+A stage-1 model that is missing shows as "not available" with the recipe that makes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,22 +27,18 @@ import torch
 
 from bench.report import write_section
 from retrieval.backbone import (
-    fingerprint_matches,
     load_backbone,
-    model_fingerprint,
     new_model,
     save_backbone,
 )
 from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
-from retrieval.composed.combiner import combiner_composer, load_combiner, save_combiner
+from retrieval.composed.combiner import combiner_composer, load_combiner
 from retrieval.config import ROOT
 from retrieval.data.composed import read_cirr
 from retrieval.data.features import split_features
 from retrieval.eval.composed import evaluate_split
 from retrieval.eval.metrics import recall_gain
 from retrieval.eval.report import markdown_table
-from retrieval.train.composed import stage2_config, train_combiner, train_stage1
-from retrieval.train.loop import TrainConfig
 
 DATA = ROOT / "precomputed" / "shapes"
 MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
@@ -57,58 +48,13 @@ WORK = ROOT / "runs" / "composed"
 COLUMNS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean"]
 INDEX_SIZE = 100_000
 COST_QUERY = "make the red circle on the left a large blue square"
-PARTS = ("frozen", "stage1")  # the frozen-CLIP Combiner; the stage-1 CLIP and its Combiner
+STAGE1_RECIPES = "recipes/shapes-stage1.toml, then recipes/shapes-stage1-combiner.toml"
 
 
 # --------------------------------------------------------------------------- data
 
 
-def training_root(args, sets: int) -> Path:
-    """precomputed/shapes when it ships a train split, else a generated train split under runs/ (same world)."""
-    if (args.data / "captions" / "cap.rc2.train.json").is_file():
-        return args.data
-    root = WORK / f"shapes-train-{sets}"
-    if not (root / "captions" / "cap.rc2.train.json").is_file():
-        print(f"precomputed/shapes has no train split: generating {sets} train sets in {root}")
-        command = [sys.executable, "-m", "retrieval", "shapes", "generate", "--out", str(root)]
-        command += ["--train-sets", str(sets), "--val-sets", "48", "--test-sets", "0"]
-        subprocess.run(command, check=True)
-    return root
-
-
 # --------------------------------------------------------------------------- training
-
-
-def stage2(backbone, root: Path, args, out: Path, steps: int) -> None:
-    """Train and save a Combiner; its config records the data, the recipe and the time it took."""
-    train, val = read_cirr(root, "train"), read_cirr(root, "val")
-    cfg = stage2_config(
-        steps=steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        validate_every=args.validate_every or max(1, steps // 6),
-        out_dir=str(WORK / f"{out.name}-checkpoints"),
-        extra={"dataset": "shapes", "train_sets": root.name},
-    )
-    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a fresh run, not a resumed one
-    combiner, _ = train_combiner(backbone, [train], cfg, [val], "cirr", progress=args.progress)
-    save_combiner(combiner, out)
-
-
-def stage1(backbone, root: Path, args, out: Path) -> None:
-    """Fine-tune CLIP with the sum objective (both towers); stage1.json records the time it took."""
-    train, val = read_cirr(root, "train"), read_cirr(root, "val")
-    cfg = TrainConfig.composed_defaults(
-        steps=args.stage1_steps,
-        batch_size=128,
-        lr=args.stage1_lr,
-        seed=args.seed,
-        validate_every=max(1, args.stage1_steps // 5),
-        out_dir=str(WORK / "stage1-checkpoints"),
-        extra={"dataset": "shapes", "train_sets": root.name},
-    )
-    train_stage1(backbone, [train], cfg, out, [val], "cirr", progress=args.progress)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -244,51 +190,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--model", type=Path, default=MODEL)
-    parser.add_argument(
-        "--train-sets",
-        type=int,
-        default=16000,
-        help="generated train sets (10 triplets each) for the frozen-CLIP Combiner",
-    )
-    parser.add_argument("--combiner-steps", type=int, default=30000)
-    parser.add_argument(
-        "--stage1-train-sets",
-        type=int,
-        default=4000,
-        help="train sets for stage 1 and its Combiner",
-    )
-    parser.add_argument("--stage1-combiner-steps", type=int, default=10000)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-4, help="stage 2 (CLIP4Cir: 2e-5)")
-    parser.add_argument(
-        "--validate-every", type=int, default=0, help="stage 2 (default: 6 times per run)"
-    )
-    parser.add_argument("--stage1-steps", type=int, default=3000)
-    parser.add_argument(
-        "--stage1-lr", type=float, default=1e-4, help="stage 1 (CLIP4Cir: 2e-6 for pretrained CLIP)"
-    )
-    parser.add_argument(
-        "--retrain",
-        nargs="*",
-        choices=PARTS,
-        help="train again even if outputs exist: the named parts, or all when none is named",
-    )
-    parser.add_argument("--skip-train", action="store_true", help="evaluate what exists")
     parser.add_argument("--cost-only", action="store_true")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress", action="store_true", help="show training progress bars")
     parser.add_argument("--no-report", action="store_true", help="print only")
     parser.add_argument("--note", default="", help="a sentence added under the tables")
-    parser.add_argument(
-        "--combiner-out", type=Path, default=COMBINER, help="where the frozen-CLIP Combiner goes"
-    )
-    parser.add_argument(
-        "--work", type=Path, default=WORK, help="stage-1 model, checkpoints, train data"
-    )
+    parser.add_argument("--combiner", type=Path, default=COMBINER, help="the frozen-CLIP Combiner")
+    parser.add_argument("--work", type=Path, default=WORK, help="stage-1 CLIP and its Combiner")
     args = parser.parse_args()
-    globals().update(COMBINER=args.combiner_out, WORK=args.work)  # one run, one set of paths
+    globals().update(COMBINER=args.combiner, WORK=args.work)  # one run, one set of paths
     torch.set_num_threads(args.threads)
     body = []
     if not args.cost_only:
@@ -309,34 +219,9 @@ def main() -> None:
         write_section("composed", "Composed retrieval on Shapes: Combiner vs baselines", text)
 
 
-def wants(args, part: str) -> bool:
-    """True when --retrain names this part (or names none, meaning all)."""
-    return args.retrain is not None and (not args.retrain or part in args.retrain)
-
-
-def train_missing(args, backbone, stage1_dir: Path, stage1_combiner: Path) -> None:
-    """Train what is asked for, missing or stale; each artifact records its own training time."""
-    if args.skip_train:
-        return
-    trained = (COMBINER / "combiner_config.json").is_file()
-    if wants(args, "frozen") or not trained or _stale(COMBINER, backbone):
-        stage2(backbone, training_root(args, args.train_sets), args, COMBINER, args.combiner_steps)
-    if wants(args, "stage1") or _stage1_stale(stage1_dir, backbone):
-        shutil.rmtree(WORK / "stage1-checkpoints", ignore_errors=True)
-        stage1(backbone, training_root(args, args.stage1_train_sets), args, stage1_dir)
-        base = {"model": str(args.model), "fingerprint": model_fingerprint(backbone)}
-        (stage1_dir / "base.json").write_text(json.dumps(base))
-        shutil.rmtree(stage1_combiner, ignore_errors=True)
-    if stage1_dir.is_dir() and not stage1_combiner.is_dir():
-        root = training_root(args, args.stage1_train_sets)
-        tuned = load_backbone(str(stage1_dir))
-        stage2(tuned, root, args, stage1_combiner, args.stage1_combiner_steps)
-
-
 def quality_section(args) -> str:
     backbone = load_backbone(str(args.model))
     stage1_dir, stage1_combiner = WORK / "stage1-clip", WORK / "stage1-combiner"
-    train_missing(args, backbone, stage1_dir, stage1_combiner)
     tuned = load_backbone(str(stage1_dir)) if stage1_dir.is_dir() else None
     test = read_cirr(args.data, "test")
     composers = {
@@ -368,7 +253,10 @@ def quality_section(args) -> str:
         if name in results:
             rows.append([name] + [results[name][key] for key in COLUMNS])
         else:
-            rows.append([name] + ["not available"] + [""] * (len(COLUMNS) - 1))
+            missing = (
+                f"not available (run {STAGE1_RECIPES})" if "stage-1" in name else "not available"
+            )
+            rows.append([name, missing] + [""] * (len(COLUMNS) - 1))
     best = max(("image only", "text only", "sum (frozen CLIP)"), key=lambda k: results[k]["R@1"])
     baseline = results[best]["R@1"]
     lines = [
@@ -447,21 +335,6 @@ def stage1_lines(stage1_dir: Path, stage1_combiner: Path) -> list[str]:
     if stage1_combiner.is_dir():
         lines.append(combiner_line("stage-1 CLIP", stage1_combiner))
     return lines
-
-
-def _stage1_stale(stage1_dir: Path, backbone) -> bool:
-    """The stage-1 CLIP must be fine-tuned again when the base model's weights changed."""
-    base = stage1_dir / "base.json"
-    if not (stage1_dir / "open_clip_config.json").is_file() or not base.is_file():
-        return True
-    recorded = json.loads(base.read_text())["fingerprint"]
-    return not fingerprint_matches(recorded, backbone)
-
-
-def _stale(combiner_dir: Path, backbone) -> bool:
-    """A shipped Combiner trained on other backbone weights must be retrained."""
-    config = load_combiner(combiner_dir).config
-    return config.dim != backbone.dim or not fingerprint_matches(config.model_fingerprint, backbone)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.backbone import load_backbone
-from retrieval.cli.options import add_device, add_preprocessing, add_seed
+from retrieval.cli.options import add_device, add_preprocessing, add_seed, device_of
 from retrieval.data.art import DEFAULT_TITLE_TEMPLATE, ArtDataset, read_class_folders, read_noisyart
 from retrieval.eval.art import (
     EvalOptions,
@@ -85,7 +85,7 @@ def run_finetune(args) -> dict:
     if val is not None and args.val_max_images and len(val) > args.val_max_images:
         keep = np.random.default_rng(args.seed).choice(len(val), args.val_max_images, replace=False)
         val = val.subset(sorted(keep.tolist()))
-    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=args.device)
+    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=device_of(args))
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

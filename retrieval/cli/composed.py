@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from retrieval.backbone import load_backbone
-from retrieval.cli.options import add_device, add_preprocessing, add_seed
+from retrieval.cli.options import add_device, add_preprocessing, add_seed, device_of
 from retrieval.composed.combiner import save_combiner
 from retrieval.data.composed import FASHIONIQ_CATEGORIES, ComposedSplit, load_splits
 from retrieval.train.composed import (
@@ -35,7 +35,7 @@ def _steps(args, queries: int) -> int:
 
 def _train_setup(args):
 
-    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=args.device)
+    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=device_of(args))
     train = _splits_for(args, args.train_split)
     val = [] if args.val_split == "none" else _splits_for(args, args.val_split)
     queries = sum(len(split.queries) for split in train)
@@ -65,7 +65,7 @@ def run_train_combiner(args) -> Path:
         resume=args.resume or "",
         extra=extra,
     )
-    cache = False if args.no_cache else (args.cache_dir or True)
+    cache = False if args.no_cache else (args.cache_dir or args.settings.features_dir)
     started = time.perf_counter()
     combiner, result = train_combiner(backbone, train, cfg, val, protocol, cache, num_workers=0)
     save_combiner(combiner, out)

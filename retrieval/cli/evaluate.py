@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from retrieval.backbone import load_backbone
-from retrieval.cli.options import add_device, add_preprocessing
+from retrieval.cli.options import add_device, add_preprocessing, device_of
 from retrieval.data.composed import FASHIONIQ_CATEGORIES, load_splits
 from retrieval.data.features import split_features
 from retrieval.errors import BadInput
@@ -22,10 +22,10 @@ from retrieval.eval.composed import (
 def run_eval(args) -> dict:
     """`python -m retrieval eval cirr|fashioniq|circo`: metrics per method, or test submission files."""
 
-    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=args.device)
+    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=device_of(args))
     categories = getattr(args, "categories", None) or FASHIONIQ_CATEGORIES
     splits = load_splits(args.benchmark, args.root, args.split, categories)
-    cache = False if args.no_cache else (args.cache_dir or True)
+    cache = False if args.no_cache else (args.cache_dir or args.settings.features_dir)
     features = [split_features(split, backbone, cache, progress=not args.quiet) for split in splits]
     methods = args.method or ["combiner" if args.combiner else "zero-shot" if args.phi else "sum"]
     out = Path(args.out) if args.out else None

@@ -22,10 +22,11 @@ from retrieval.cli.composed import (
     run_train_stage1,
 )
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
-from retrieval.cli.options import add_recipe, apply_recipe, recipe_values
+from retrieval.cli.options import add_recipe, apply_recipe, device_of, recipe_values
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
 from retrieval.cli.shapes import add_generate_arguments, generate_command
 from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
+from retrieval.config import Settings
 from retrieval.errors import RetrievalError
 from retrieval.hub import fetch, push_index
 from retrieval.index import Index, build_index, update_index
@@ -33,26 +34,22 @@ from retrieval.search import Filters, Searcher
 from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
 
 
-def _backbone(args, preprocessing: str | None = None):
-
+def _backbone(args, spec: str | None = None, preprocessing: str | None = None):
     return load_backbone(
-        args.model,
+        spec or args.model,
         preprocessing=preprocessing or getattr(args, "preprocessing", "standard"),
-        device=getattr(args, "device", None),
+        device=device_of(args),
+        image_limits=args.settings.image_limits,
     )
 
 
-def _index_backbone(index_dir: str, device: str | None = None):
+def _index_backbone(args, index_dir: str):
     """The backbone an index was built with, as its manifest records it."""
-
     index = Index.load(index_dir)
-    return index, load_backbone(
-        index.model_spec(), preprocessing=index.manifest["preprocessing"], device=device
-    )
+    return index, _backbone(args, index.model_spec(), index.manifest["preprocessing"])
 
 
 def _cmd_index(args):
-
     report = build_index(
         args.folder,
         args.out,
@@ -60,26 +57,29 @@ def _cmd_index(args):
         index_type=args.index_type,
         metadata=args.metadata,
         index_params=json.loads(args.index_params),
+        settings=args.settings,
     )
     print(report.summary())
 
 
 def _cmd_update(args):
 
-    index, backbone = _index_backbone(args.index, args.device)
+    index, backbone = _index_backbone(args, args.index)
     if args.model:
         backbone = _backbone(args, index.manifest["preprocessing"])
-    report = update_index(args.index, backbone, folder=args.folder, metadata=args.metadata)
+    report = update_index(
+        args.index, backbone, folder=args.folder, metadata=args.metadata, settings=args.settings
+    )
     print(report.summary())
 
 
 def _cmd_search(args):
 
     index_dir = fetch(args.index)
-    index, backbone = _index_backbone(str(index_dir), args.device)
+    index, backbone = _index_backbone(args, str(index_dir))
     if args.model:
         backbone = _backbone(args, index.manifest["preprocessing"])
-    searcher = Searcher(index, backbone)
+    searcher = Searcher(index, backbone, max_k=args.settings.max_k)
     filters = Filters(
         artist=args.artist,
         date_from=args.date_from,
@@ -256,7 +256,7 @@ def _add_train_phi(sub):
 
 def _cmd_tag(args):
 
-    index, backbone = _index_backbone(args.index, args.device)
+    index, backbone = _index_backbone(args, args.index)
     if args.model:
         backbone = _backbone(args, index.manifest["preprocessing"])
     vocabulary = load_vocabulary(args.vocabulary)
@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.settings = Settings.from_env()  # the CLI's one read of the environment
     if args.command == "search" and not (args.query or args.image or args.similar):
         print("error: give a text query, --image FILE or --similar ITEM_ID", file=sys.stderr)
         return 2

@@ -24,6 +24,11 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
 
 
+def device_of(args) -> str:
+    """--device, else SR_DEVICE, else "" (CUDA when present)."""
+    return getattr(args, "device", None) or args.settings.device
+
+
 def add_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 

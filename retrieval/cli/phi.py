@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retrieval.backbone import load_backbone
-from retrieval.cli.options import add_device, add_preprocessing, add_seed
+from retrieval.cli.options import add_device, add_preprocessing, add_seed, device_of
 from retrieval.composed.phi import DEFAULT_TEMPLATE, fill_template, save_phi
 from retrieval.train.phi import (
     OTIOptions,
@@ -96,7 +96,7 @@ def add_train_phi_arguments(parser) -> None:
 def run_train_phi(args) -> Path:
     """Entry point of `train-phi`: features -> (OTI ->) phi -> saved folder."""
 
-    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=args.device)
+    backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=device_of(args))
     if args.images:
         features = features_from_images(backbone, args.images)
     else:

@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 from retrieval.cli.main import build_parser, main
+from retrieval.cli.options import apply_recipe, recipe_values
 from tests.helpers import make_collection
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _walk(parser, path):
@@ -81,3 +82,35 @@ def test_module_entry_point_runs(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1 and "not an index" in done.stderr
+
+
+def test_a_recipe_sets_the_options_and_the_command_line_wins(tmp_path, capsys):
+    recipe = tmp_path / "micro.toml"
+    recipe.write_text(
+        'data = "shapes"\narch = "ShapesCLIP-Micro"\nsteps = 1000\nbatch_size = 8\nlr = 0.002\n'
+        f'val_sets = 0\nepoch_size = 16\nthreads = 1\nout = "{tmp_path / "from-recipe"}"\n'
+    )
+    out = tmp_path / "from-command-line"
+    assert main(["train-clip", "--recipe", str(recipe), "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "training.json").read_text())
+    assert report["config"]["steps"] == 2 and report["config"]["lr"] == 0.002
+    assert report["config"]["batch_size"] == 8 and not (tmp_path / "from-recipe").exists()
+
+
+def test_a_recipe_with_an_unknown_option_is_refused_by_name(tmp_path, capsys):
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text("stepz = 3\n")
+    assert main(["train-clip", "--recipe", str(recipe), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown option 'stepz'" in capsys.readouterr().err
+    assert main(["train-clip", "--recipe", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml not found" in capsys.readouterr().err
+
+
+def test_the_shipped_recipes_name_only_real_options():
+    for path in sorted((ROOT / "recipes").glob("*.toml")):
+        command = {"combiner": "train-combiner", "stage1": "train-stage1"}.get(
+            path.stem.split("-")[-1], "train-clip"
+        )
+        parser = build_parser()
+        apply_recipe(parser.commands[command], *recipe_values(["--recipe", str(path)]))
+        assert parser.parse_args([command]).out, path

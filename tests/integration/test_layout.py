@@ -15,7 +15,7 @@ from retrieval.backbone import CONFIG_FILE, model_config
 from retrieval.errors import BadInput, RetrievalError
 from retrieval.train.clip import model_to_train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESEARCH = (
     "retrieval.train",
     "retrieval.eval",

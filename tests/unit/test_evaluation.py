@@ -21,7 +21,7 @@ from retrieval.eval.metrics import (
     subset_rank,
     target_ranks,
 )
-from tests.test_datasets import make_circo, make_cirr, make_fashioniq
+from tests.fabricated import make_circo, make_cirr, make_fashioniq
 
 
 def run(*argv) -> int:

@@ -25,8 +25,8 @@ from retrieval.errors import IndexMismatch, NotFound
 from retrieval.train import composed as composed_training
 from retrieval.train.composed import TripletFeatures, combiner_step, stage2_config, triplet_features
 from retrieval.train.loop import train_loop
+from tests.fabricated import make_cirr, make_fashioniq
 from tests.helpers import shipped_shapes_recall
-from tests.test_datasets import make_cirr, make_fashioniq
 
 
 def test_architecture_follows_clip4cir():
