@@ -10,6 +10,7 @@ A model spec is one string:
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,6 +49,27 @@ def fingerprint_matches(
 ) -> bool:
     """True when no fingerprint was recorded, or the recorded one is this model's."""
     return not expected or bool(np.allclose(expected, model_fingerprint(backbone), atol=atol))
+
+
+def relative_path(path: Path, base: Path) -> str:
+    """`path` relative to `base` when they share a tree, so artifacts copied together find each other."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+    except ValueError:  # another drive
+        return str(Path(path).resolve())
+
+
+def portable_spec(spec: str, base: Path) -> str:
+    """What an artifact records as its model: a model folder relative to `base`, other specs as given."""
+    path = Path(spec.removeprefix("local-dir:")).expanduser()
+    return relative_path(path, base) if path.is_dir() else spec
+
+
+def resolved_spec(spec: str, base: Path) -> str:
+    """The inverse of `portable_spec`: a model folder recorded relative to `base`, found again."""
+    candidate = Path(base) / spec
+    relative = bool(spec) and not Path(spec).is_absolute() and not spec.startswith(HUB_PREFIX)
+    return str(candidate.resolve()) if relative and candidate.is_dir() else spec
 
 
 def display_spec(spec: str) -> str:

@@ -25,7 +25,14 @@ import faiss
 import numpy as np
 
 from retrieval import __version__
-from retrieval.backbone import Backbone, fingerprint_matches, model_fingerprint
+from retrieval.backbone import (
+    Backbone,
+    fingerprint_matches,
+    model_fingerprint,
+    portable_spec,
+    relative_path,
+    resolved_spec,
+)
 from retrieval.collection import Item, scan_folder
 from retrieval.config import DEFAULTS, Settings
 from retrieval.embed import embed_files
@@ -190,13 +197,7 @@ class Index:
 
     def model_spec(self) -> str:
         """The recorded model spec, with a relative model folder resolved against the index."""
-        spec = self.manifest["model_spec"]
-        candidate = self.directory / spec
-        return (
-            str(candidate.resolve())
-            if not Path(spec).is_absolute() and candidate.is_dir()
-            else spec
-        )
+        return resolved_spec(self.manifest["model_spec"], self.directory)
 
     def source_root(self) -> Path:
         root = Path(self.manifest.get("source_root") or ".")
@@ -367,32 +368,18 @@ def build_index(
     manifest = {
         "format": FORMAT_VERSION,
         "retrieval_version": __version__,
-        "model_spec": _portable_spec(backbone.spec, out_dir),
+        "model_spec": portable_spec(backbone.spec, out_dir),
         "model_fingerprint": model_fingerprint(backbone),
         "dim": backbone.dim,
         "preprocessing": backbone.preprocessing,
         "normalized": True,
         "index_type": index_type,
         "index_params": index_params or {},
-        "source_root": _portable_root(folder, out_dir),
-        "metadata_file": _portable_root(Path(metadata), out_dir) if metadata else None,
+        "source_root": relative_path(folder, out_dir),
+        "metadata_file": relative_path(Path(metadata), out_dir) if metadata else None,
     }
     index = write_version(out_dir, manifest, rows, vectors)
     return BuildReport(index, added=len(rows), skipped=skipped + failed)
-
-
-def _portable_spec(spec: str, out_dir: Path) -> str:
-    """A model folder is recorded relative to the index, like the images."""
-    path = Path(spec.removeprefix("local-dir:")).expanduser()
-    return _portable_root(path, out_dir) if path.is_dir() else spec
-
-
-def _portable_root(folder: Path, out_dir: Path) -> str:
-    """Relative to the index when both live in one tree, so a copied repo still finds its images."""
-    try:
-        return os.path.relpath(folder.resolve(), out_dir.resolve())
-    except ValueError:
-        return str(folder.resolve())
 
 
 def update_index(
@@ -434,7 +421,7 @@ def update_index(
     if not rows:
         raise BadInput(f"no readable images left in {folder}")
     parts = ([np.stack(keep_vectors)] if keep_vectors else []) + ([new_vectors] if new_rows else [])
-    manifest = {**index.manifest, "source_root": _portable_root(folder, Path(out_dir))}
+    manifest = {**index.manifest, "source_root": relative_path(folder, Path(out_dir))}
     new_index = write_version(Path(out_dir), manifest, rows, np.concatenate(parts))
     changed = sum(1 for row in new_rows if row["id"] in old)
     current_ids = {item.id for item in items}

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from retrieval.backbone import fingerprint_matches
-from retrieval.errors import BadInput, IndexMismatch, NotFound
-from retrieval.hub import fetch, is_hub_location
+from retrieval.backbone import fingerprint_matches, portable_spec, resolved_spec
+from retrieval.errors import BadInput, IndexMismatch
+from retrieval.hub import artifact_dir
 
 WEIGHTS_FILE = "combiner.safetensors"
 
@@ -95,37 +95,22 @@ def save_combiner(combiner: Combiner, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in combiner.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(asdict(combiner.config), indent=2))
+    config = asdict(combiner.config)
+    config["model_spec"] = portable_spec(config["model_spec"], directory)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory
-
-
-def _combiner_dir(spec: str | Path) -> Path:
-
-    spec = str(spec)
-    path = (
-        fetch(spec, repo_type="model")
-        if is_hub_location(spec)
-        else Path(spec.removeprefix("local-dir:"))
-    )
-    path = path.expanduser()
-    if path.is_file():
-        path = path.parent
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise NotFound(
-            f"{spec} is not a Combiner folder: expected {CONFIG_FILE} and {WEIGHTS_FILE}"
-        )
-    return path
 
 
 def load_combiner(spec: str | Path, device: str | torch.device | None = None) -> Combiner:
     """A Combiner from a folder ("local-dir:" optional) or the Hub ("hf-hub:org/repo[@revision]")."""
-    directory = _combiner_dir(spec)
+    directory = artifact_dir(spec, (CONFIG_FILE, WEIGHTS_FILE), "Combiner")
     try:
         config = CombinerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
     except (TypeError, json.JSONDecodeError) as error:
         raise BadInput(
             f"{directory / CONFIG_FILE} is not a valid Combiner config: {error}"
         ) from error
+    config.model_spec = resolved_spec(config.model_spec, directory)
     combiner = Combiner(config)
     combiner.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return combiner.to(device or "cpu").eval()

@@ -24,7 +24,6 @@ load); training phi and OTI live in `retrieval.train.phi`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from retrieval.backbone import fingerprint_matches, model_fingerprint
-from retrieval.errors import BadInput, IndexMismatch, NotFound
-from retrieval.hub import fetch, is_hub_location
+from retrieval.backbone import fingerprint_matches, model_fingerprint, portable_spec, resolved_spec
+from retrieval.errors import BadInput, IndexMismatch
+from retrieval.hub import artifact_dir
 
 PLACEHOLDER = "$"
 
@@ -342,29 +341,14 @@ def save_phi(phi: Phi, directory: str | Path) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in phi.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     config = asdict(phi.config)
-    spec_path = Path(config["model_spec"].removeprefix("local-dir:"))
-    if config["model_spec"] and spec_path.is_dir():  # keep the folder movable: a relative path
-        config["model_spec"] = os.path.relpath(spec_path.resolve(), directory.resolve())
+    config["model_spec"] = portable_spec(config["model_spec"], directory)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return directory
 
 
-def _resolve_dir(spec: str) -> Path:
-
-    if is_hub_location(spec):
-        path = fetch(spec, repo_type="model")  # cached: works offline once downloaded
-    else:
-        path = Path(spec.removeprefix("local-dir:")).expanduser()
-    if path.is_file():
-        path = path.parent
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise NotFound(f"{spec} is not a phi folder: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-    return path
-
-
 def load_phi(spec: str | Path, device: str | torch.device | None = None) -> Phi:
     """Load phi from a folder (or "local-dir:PATH") or from the Hub ("hf-hub:org/repo")."""
-    directory = _resolve_dir(str(spec))
+    directory = artifact_dir(spec, (CONFIG_FILE, WEIGHTS_FILE), "phi")
     try:
         raw = json.loads((directory / CONFIG_FILE).read_text())
         if "train_prompt" in raw:  # written before phi trained on several prompts
@@ -372,6 +356,7 @@ def load_phi(spec: str | Path, device: str | torch.device | None = None) -> Phi:
         config = PhiConfig(**raw)
     except (TypeError, json.JSONDecodeError) as error:
         raise BadInput(f"{directory / CONFIG_FILE} is not a valid phi config: {error}") from error
+    config.model_spec = resolved_spec(config.model_spec, directory)
     phi = Phi(config)
     phi.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return phi.to(device or "cpu").eval()

@@ -117,7 +117,7 @@ def pairs_loader(
     )
 
 
-def retrieval_validator(
+def artwork_validator(
     backbone,
     val: ArtDataset,
     template: str = DEFAULT_TITLE_TEMPLATE,
@@ -176,7 +176,7 @@ def finetune(
     )  # the loaded backbone is cached and shared: never train it
     loader = pairs_loader(backbone, train, cfg.batch_size, kinds, template, workers)
     validate = (
-        retrieval_validator(backbone, val, template, workers=workers) if val is not None else None
+        artwork_validator(backbone, val, template, workers=workers) if val is not None else None
     )
     if validate is not None and not cfg.select_metric:
         cfg.select_metric = "map_mean"

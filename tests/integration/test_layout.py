@@ -128,3 +128,20 @@ def test_fine_tuning_an_unreachable_hub_model_fails_before_training(tmp_path, mo
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(RetrievalError, match="hf-hub:museum/never-downloaded"):
         model_to_train("ShapesCLIP-Tiny", init="hf-hub:museum/never-downloaded")
+
+
+def test_only_the_settings_read_the_environment():
+    """The library takes a Settings object; `Settings.from_env()` is the one reader of SR_*."""
+    readers = [
+        path.relative_to(ROOT)
+        for path in (ROOT / "retrieval").rglob("*.py")
+        if path.name != "config.py"
+        and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
+    ]
+    assert not readers, readers
+    library = [
+        p
+        for p in (ROOT / "retrieval").rglob("*.py")
+        if "cli" not in p.parts and p.name != "config.py"
+    ]
+    assert not [p for p in library if "Settings.from_env(" in p.read_text()]
