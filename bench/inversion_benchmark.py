@@ -4,8 +4,12 @@ phi is trained ONLY on the unlabeled images of the Shapes train split (no captio
 read), then the Shapes test triplets are ranked over the whole test gallery (reference removed,
 CIRR protocol) with image-only, text-only, sum, zero-shot and, when shipped, the supervised Combiner.
 
-    python -m bench.inversion_benchmark                  # train phi, evaluate, ship precomputed/shapes-phi
+    python -m bench.inversion_benchmark                  # the selection study: train candidates, pick, report
     python -m bench.inversion_benchmark --phi precomputed/shapes-phi   # evaluate a trained phi only
+
+The study trains candidate phis (pseudo-word lengths, seeds) under runs/inversion/ and never writes
+the shipped model: precomputed/shapes-phi comes from `recipes/shapes-phi.toml`, whose values are the
+ones this study selects.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from retrieval.train import phi as phi_training
 DATA = ROOT / "precomputed" / "shapes"
 MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
 COMBINER = ROOT / "precomputed" / "shapes-combiner"
-OUT = ROOT / "precomputed" / "shapes-phi"
+OUT = (
+    ROOT / "runs" / "inversion" / "selected-phi"
+)  # the shipped phi comes from recipes/shapes-phi.toml
 COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "mean")
 ORACLE = "oracle words, text only"
 
@@ -46,9 +52,7 @@ def train_images(data: Path, count: int, seed: int) -> list:
     listing = data / "image_splits" / "split.rc2.train.json"
     if listing.is_file():
         return [(data / rel).resolve() for rel in json.loads(listing.read_text()).values()]
-    rng = np.random.default_rng([seed, 2024])
-    scenes = [shapes.random_scene(rng, "train") for _ in range(count)]
-    return [shapes.render(scene, int(rng.integers(2**31)))[0] for scene in scenes]
+    return shapes.render_unlabeled("train", count, seed)
 
 
 def embed_images(backbone, images: list, batch: int = 256) -> torch.Tensor:

@@ -24,7 +24,12 @@ from retrieval.cli.composed import (
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
 from retrieval.cli.options import add_recipe, apply_recipe, device_of, recipe_values
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
-from retrieval.cli.shapes import add_generate_arguments, generate_command
+from retrieval.cli.shapes import (
+    add_generate_arguments,
+    add_render_arguments,
+    generate_command,
+    render_command,
+)
 from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
 from retrieval.config import Settings
 from retrieval.errors import RetrievalError
@@ -356,6 +361,13 @@ def _add_shapes(sub):
     )
     add_generate_arguments(generate)
     generate.set_defaults(func=_cmd_shapes_generate)
+    render = actions.add_parser(
+        "render",
+        help="render unlabeled images of one split (e.g. to train phi)",
+        description="Render fresh scenes of one split as PNG files, with no text or triplet.",
+    )
+    add_render_arguments(render)
+    render.set_defaults(func=render_command)
 
 
 def _add_train_clip(sub):

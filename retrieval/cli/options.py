@@ -68,3 +68,9 @@ def apply_recipe(command: argparse.ArgumentParser, path: str, values: dict) -> N
             known = ", ".join(sorted(a for a in actions if a not in ("help", "recipe", "func")))
             raise BadInput(f"recipe {path}: unknown option {key!r}; this command takes {known}")
         action.default, action.required = value, False
+    for group in command._mutually_exclusive_groups:  # e.g. --images or --index: the recipe chose
+        if any(
+            action.dest.replace("_", "-") in values or action.dest in values
+            for action in group._group_actions
+        ):
+            group.required = False

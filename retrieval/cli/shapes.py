@@ -1,6 +1,8 @@
-"""`shapes generate`: write the Shapes world in the CIRR layout."""
+"""`shapes generate` (the Shapes world in the CIRR layout) and `shapes render` (unlabeled images)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -9,6 +11,7 @@ from retrieval.shapes.world import (
     SET_VARIANTS,
     TEXT_DISTRACTORS,
     SplitData,
+    render_unlabeled,
     write_dataset,
 )
 
@@ -34,6 +37,25 @@ def generate_command(args) -> dict[str, SplitData]:
         print(f"{split}: {len(data.images)} images, {len(data.triplets)} triplets")
     print(f"written to {args.out}")
     return result
+
+
+def render_command(args) -> Path:
+    """`python -m retrieval shapes render`: unlabeled images of one split, numbered PNG files."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for number, image in enumerate(tqdm(render_unlabeled(args.split, args.count, args.seed))):
+        image.save(out / f"{args.split}-{number:05d}.png")
+    print(f"{args.count} unlabeled {args.split} images written to {out}")
+    return out
+
+
+def add_render_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the PNG files")
+    parser.add_argument(
+        "--split", default="train", choices=["train", "val", "test"], help="scenes of this split"
+    )
+    parser.add_argument("--count", type=int, default=4000, help="images (default 4000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of scenes and renderings")
 
 
 def add_generate_arguments(parser) -> None:

@@ -712,3 +712,10 @@ def read_metadata_rows(root: str | Path, split: str | None = None) -> list[dict]
     with (Path(root) / "metadata.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [row for row in rows if split is None or row["split"] == split]
+
+
+def render_unlabeled(split: str, count: int, seed: int = 0) -> list[Image.Image]:
+    """`count` fresh scenes of one split, rendered without any text: unlabeled images (what phi trains on)."""
+    rng = np.random.default_rng([seed, 2024])
+    scenes = [random_scene(rng, split) for _ in range(count)]
+    return [render(scene, int(rng.integers(2**31)))[0] for scene in scenes]

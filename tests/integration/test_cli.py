@@ -108,7 +108,7 @@ def test_a_recipe_with_an_unknown_option_is_refused_by_name(tmp_path, capsys):
 
 def test_the_shipped_recipes_name_only_real_options():
     for path in sorted((ROOT / "recipes").glob("*.toml")):
-        command = {"combiner": "train-combiner", "stage1": "train-stage1"}.get(
+        command = {"combiner": "train-combiner", "stage1": "train-stage1", "phi": "train-phi"}.get(
             path.stem.split("-")[-1], "train-clip"
         )
         parser = build_parser()
