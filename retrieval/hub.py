@@ -54,21 +54,6 @@ def fetch(location: str | Path, repo_type: str = "dataset", cache_dir: str | Non
         raise HubUnavailable(f"could not download {location}: {error}") from error
 
 
-def artifact_dir(spec: str | Path, files: tuple[str, ...], kind: str) -> Path:
-    """The folder of a saved model artifact: a path (or "local-dir:PATH", or one of its files) or a
-    Hub repo ("hf-hub:org/repo[@revision]", cached, so offline once downloaded)."""
-    spec = str(spec)
-    if is_hub_location(spec):
-        path = fetch(spec, repo_type="model")
-    else:
-        path = Path(spec.removeprefix("local-dir:")).expanduser()
-    if path.is_file():
-        path = path.parent
-    if not all((path / name).is_file() for name in files):
-        raise NotFound(f"{spec} is not a {kind} folder: expected {' and '.join(files)}")
-    return path
-
-
 def index_files(index_dir: Path) -> list[str]:
     """Only the live version and the thumbnails it uses: old versions stay local."""
     current = (index_dir / "CURRENT").read_text().strip()

@@ -15,23 +15,22 @@ A trained Combiner is a folder: combiner.safetensors + combiner_config.json. Tra
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from retrieval.backbone import fingerprint_matches, portable_spec, resolved_spec
+from retrieval.artifacts import Layout, load_artifact, save_artifact
+from retrieval.backbone import fingerprint_matches
 from retrieval.errors import BadInput, IndexMismatch
-from retrieval.hub import artifact_dir
 
 WEIGHTS_FILE = "combiner.safetensors"
 
 
 CONFIG_FILE = "combiner_config.json"
+LAYOUT = Layout("Combiner", WEIGHTS_FILE, CONFIG_FILE)
 
 
 @dataclass
@@ -91,29 +90,12 @@ def new_combiner(dim: int, **config) -> Combiner:
 
 def save_combiner(combiner: Combiner, directory: str | Path) -> Path:
     """Write combiner.safetensors + combiner_config.json (what `load_combiner` reads)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in combiner.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    config = asdict(combiner.config)
-    config["model_spec"] = portable_spec(config["model_spec"], directory)
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    return directory
+    return save_artifact(combiner, combiner.config, directory, LAYOUT)
 
 
 def load_combiner(spec: str | Path, device: str | torch.device | None = None) -> Combiner:
     """A Combiner from a folder ("local-dir:" optional) or the Hub ("hf-hub:org/repo[@revision]")."""
-    directory = artifact_dir(spec, (CONFIG_FILE, WEIGHTS_FILE), "Combiner")
-    try:
-        config = CombinerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
-    except (TypeError, json.JSONDecodeError) as error:
-        raise BadInput(
-            f"{directory / CONFIG_FILE} is not a valid Combiner config: {error}"
-        ) from error
-    config.model_spec = resolved_spec(config.model_spec, directory)
-    combiner = Combiner(config)
-    combiner.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    return combiner.to(device or "cpu").eval()
+    return load_artifact(spec, LAYOUT, Combiner, CombinerConfig, device)
 
 
 class CombinerComposer:

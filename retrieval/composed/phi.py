@@ -23,20 +23,18 @@ load); training phi and OTI live in `retrieval.train.phi`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from open_clip.transformer import text_global_pool
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from retrieval.backbone import fingerprint_matches, model_fingerprint, portable_spec, resolved_spec
+from retrieval.artifacts import Layout, load_artifact, save_artifact
+from retrieval.backbone import fingerprint_matches, model_fingerprint
 from retrieval.errors import BadInput, IndexMismatch
-from retrieval.hub import artifact_dir
 
 PLACEHOLDER = "$"
 
@@ -48,6 +46,7 @@ WEIGHTS_FILE = "phi.safetensors"
 
 
 CONFIG_FILE = "phi_config.json"
+LAYOUT = Layout("phi", WEIGHTS_FILE, CONFIG_FILE)
 
 
 # Phrases around a concept word for the regulariser ({} is the concept or the pseudo-word).
@@ -336,27 +335,16 @@ def zero_shot_composer(
 
 def save_phi(phi: Phi, directory: str | Path) -> Path:
     """Write phi.safetensors + phi_config.json (readable by `load_phi`)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in phi.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
-    config = asdict(phi.config)
-    config["model_spec"] = portable_spec(config["model_spec"], directory)
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    return directory
+    return save_artifact(phi, phi.config, directory, LAYOUT)
 
 
 def load_phi(spec: str | Path, device: str | torch.device | None = None) -> Phi:
     """Load phi from a folder (or "local-dir:PATH") or from the Hub ("hf-hub:org/repo")."""
-    directory = artifact_dir(spec, (CONFIG_FILE, WEIGHTS_FILE), "phi")
-    try:
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        if "train_prompt" in raw:  # written before phi trained on several prompts
-            raw["train_prompts"] = [raw.pop("train_prompt")]
-        config = PhiConfig(**raw)
-    except (TypeError, json.JSONDecodeError) as error:
-        raise BadInput(f"{directory / CONFIG_FILE} is not a valid phi config: {error}") from error
-    config.model_spec = resolved_spec(config.model_spec, directory)
-    phi = Phi(config)
-    phi.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    return phi.to(device or "cpu").eval()
+    return load_artifact(spec, LAYOUT, Phi, PhiConfig, device, upgrade=_single_prompt_upgrade)
+
+
+def _single_prompt_upgrade(raw: dict) -> dict:
+    """Configs written before phi trained on several prompts name one `train_prompt`."""
+    if "train_prompt" in raw:
+        raw["train_prompts"] = [raw.pop("train_prompt")]
+    return raw
