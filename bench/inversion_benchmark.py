@@ -312,7 +312,7 @@ def model_card(phi, info: dict, rows: list[list], args) -> str:
         f"Trained only on {info.get('train_images', '?')} unlabeled Shapes train-split images "
         "(no captions, no triplets); pseudo-word length, prompt and image weight were picked on a "
         "test-sized split of val scenes.\n\n"
-        "Reproduce: `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
+        "Reproduce: `python -m retrieval train-phi --recipe recipes/shapes-phi.toml`; the selection study is `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
         "precomputed/shapes --split test --model precomputed/shapes-clip-tiny --phi precomputed/shapes-phi`.\n\n"
         "Shapes test split:\n\n" + markdown_table(["query", *COLUMNS], rows) + "\n"
     )
