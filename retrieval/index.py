@@ -2,7 +2,6 @@
 
 Layout (every write makes a new version and then flips CURRENT with an atomic rename, so a crash
 mid-write leaves the previous version loadable):
-
     index_dir/CURRENT                  name of the live version
     index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, [index.faiss]
     index_dir/thumbs/<id>-<hash>.jpg   shared by versions, written before the flip

@@ -74,7 +74,6 @@ def run_eval(args) -> dict:
 
 
 def run_finetune(args) -> dict:
-
     if args.benchmark == "noisyart":
         train_split, val_split = args.train_split or "train", args.val_split or "val"
     else:

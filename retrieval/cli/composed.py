@@ -34,7 +34,6 @@ def _steps(args, queries: int) -> int:
 
 
 def _train_setup(args):
-
     backbone = load_backbone(args.model, preprocessing=args.preprocessing, device=device_of(args))
     train = _splits_for(args, args.train_split)
     val = [] if args.val_split == "none" else _splits_for(args, args.val_split)

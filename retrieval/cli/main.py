@@ -68,10 +68,9 @@ def _cmd_index(args):
 
 
 def _cmd_update(args):
-
     index, backbone = _index_backbone(args, args.index)
     if args.model:
-        backbone = _backbone(args, index.manifest["preprocessing"])
+        backbone = _backbone(args, preprocessing=index.manifest["preprocessing"])
     report = update_index(
         args.index, backbone, folder=args.folder, metadata=args.metadata, settings=args.settings
     )
@@ -79,11 +78,10 @@ def _cmd_update(args):
 
 
 def _cmd_search(args):
-
     index_dir = fetch(args.index)
     index, backbone = _index_backbone(args, str(index_dir))
     if args.model:
-        backbone = _backbone(args, index.manifest["preprocessing"])
+        backbone = _backbone(args, preprocessing=index.manifest["preprocessing"])
     searcher = Searcher(index, backbone, max_k=args.settings.max_k)
     filters = Filters(
         artist=args.artist,
@@ -122,18 +120,15 @@ def _cmd_search(args):
 
 
 def _cmd_info(args):
-
     index = Index.load(fetch(args.index))
     print(json.dumps({**index.manifest, "items": len(index)}, indent=2))
 
 
 def _cmd_push(args):
-
     print(push_index(args.index, args.repo, private=args.private))
 
 
 def _cmd_pull(args):
-
     location = args.repo if args.repo.startswith("hf-hub:") else f"hf-hub:{args.repo}"
     path = fetch(location, cache_dir=args.cache_dir)
     index = Index.load(path)
@@ -247,7 +242,6 @@ def _add_pull(sub):
 
 
 def _add_train_phi(sub):
-
     parser = sub.add_parser(
         "train-phi",
         help="train textual inversion (phi) on unlabeled images for zero-shot composed search",
@@ -260,10 +254,9 @@ def _add_train_phi(sub):
 
 
 def _cmd_tag(args):
-
     index, backbone = _index_backbone(args, args.index)
     if args.model:
-        backbone = _backbone(args, index.manifest["preprocessing"])
+        backbone = _backbone(args, preprocessing=index.manifest["preprocessing"])
     vocabulary = load_vocabulary(args.vocabulary)
     tagged = tag_index(index, backbone, vocabulary, args.mode, args.top_k, args.threshold)
     if args.out:
@@ -339,18 +332,7 @@ def _add_finetune(sub):
     add_finetune_commands(datasets)  # noisyart, classfolders
 
 
-def _cmd_shapes_generate(args):
-
-    generate_command(args)
-
-
-def _cmd_train_clip(args):
-
-    run_train_clip(args)
-
-
 def _add_shapes(sub):
-
     parser = sub.add_parser("shapes", help="the procedurally generated Shapes world (demo data)")
     actions = parser.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
     generate = actions.add_parser(
@@ -360,7 +342,7 @@ def _add_shapes(sub):
         "composed-retrieval triplets in the CIRR on-disk format and a metadata.csv for `index`.",
     )
     add_generate_arguments(generate)
-    generate.set_defaults(func=_cmd_shapes_generate)
+    generate.set_defaults(func=generate_command)
     render = actions.add_parser(
         "render",
         help="render unlabeled images of one split (e.g. to train phi)",
@@ -371,7 +353,6 @@ def _add_shapes(sub):
 
 
 def _add_train_clip(sub):
-
     parser = sub.add_parser(
         "train-clip",
         help="train or fine-tune a CLIP model (contrastive pairs or CLIP4Cir composed sum)",
@@ -381,11 +362,10 @@ def _add_train_clip(sub):
     )
     add_train_clip_arguments(parser)
     add_recipe(parser)
-    parser.set_defaults(func=_cmd_train_clip)
+    parser.set_defaults(func=run_train_clip)
 
 
 def _add_train_combiner(sub):
-
     parser = sub.add_parser(
         "train-combiner",
         help="train the CLIP4Cir Combiner (stage 2) on composed-retrieval triplets, CLIP frozen",
@@ -399,7 +379,6 @@ def _add_train_combiner(sub):
 
 
 def _add_train_stage1(sub):
-
     parser = sub.add_parser(
         "train-stage1",
         help="fine-tune CLIP for composed retrieval (CLIP4Cir stage 1, query = image + text)",

@@ -63,7 +63,6 @@ class ResNetFeatures:
 
 
 def _cached_resnet_weights() -> Path | None:
-
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     for weights in (ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1):
         path = checkpoints / Path(weights.url).name

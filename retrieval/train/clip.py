@@ -77,7 +77,6 @@ class PairsDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int):
-
         path, caption = self.pairs[index]
         return self.transform(open_image(path)), caption
 

@@ -242,7 +242,6 @@ class TripletImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-
         split, query = self.items[index]
         variants = split.training_texts(query)
         rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -71,6 +71,12 @@ def test_index_then_search_end_to_end(tmp_path, micro_model_dir, capsys):
     assert len(lines) == 4 and "red-circle" not in "".join(lines)
     assert main(["search", "   ", "--index", str(tmp_path / "index")]) == 1
     assert "empty" in capsys.readouterr().err
+    index = str(tmp_path / "index")
+    with_model = ["search", "a red circle", "--index", index, "--model", str(micro_model_dir)]
+    assert main([*with_model, "-k", "3", "--json"]) == 0  # the same model, named explicitly
+    assert json.loads(capsys.readouterr().out)["hits"] == hits
+    assert main(["update", index, "--model", str(micro_model_dir)]) == 0
+    assert "8 unchanged" in capsys.readouterr().out
 
 
 def test_module_entry_point_runs(tmp_path):

@@ -161,7 +161,6 @@ def test_written_dataset_follows_the_cirr_format(tmp_path):
 
 
 def test_training_pairs_come_in_near_duplicate_groups():
-
     _, transform, tokenizer = new_model("ShapesCLIP-Micro", device="cpu")
     loader = shapes_data.shapes_loader(
         transform, tokenizer, batch_size=8, epoch_size=16, seed=0, group=2
