@@ -241,18 +241,6 @@ def _add_pull(sub):
     parser.set_defaults(func=_cmd_pull)
 
 
-def _add_train_phi(sub):
-    parser = sub.add_parser(
-        "train-phi",
-        help="train textual inversion (phi) on unlabeled images for zero-shot composed search",
-        description="Train phi, which turns an image into a pseudo-word for the prompt "
-        "'a photo of $ that {caption}', on unlabeled images (a folder, or an index's stored vectors).",
-    )
-    add_train_phi_arguments(parser)
-    add_recipe(parser)
-    parser.set_defaults(func=run_train_phi)
-
-
 def _cmd_tag(args):
     index, backbone = _index_backbone(args, args.index)
     if args.model:
@@ -352,45 +340,47 @@ def _add_shapes(sub):
     render.set_defaults(func=render_command)
 
 
-def _add_train_clip(sub):
-    parser = sub.add_parser(
-        "train-clip",
-        help="train or fine-tune a CLIP model (contrastive pairs or CLIP4Cir composed sum)",
-        description="Train a CLIP model from scratch (e.g. ShapesCLIP-Tiny on the Shapes world) or "
+# Training commands: (help, description, options, entry point). Each also takes --recipe.
+TRAINING_COMMANDS = {
+    "train-clip": (
+        "train or fine-tune a CLIP model on image/text pairs (CLIP4Cir stage 1: train-stage1)",
+        "Train a CLIP model from scratch (e.g. ShapesCLIP-Tiny on the Shapes world) or "
         "fine-tune one, with periodic validation, best-checkpoint selection and resume. Writes an "
         "open_clip folder usable as --model.",
-    )
-    add_train_clip_arguments(parser)
-    add_recipe(parser)
-    parser.set_defaults(func=run_train_clip)
-
-
-def _add_train_combiner(sub):
-    parser = sub.add_parser(
-        "train-combiner",
-        help="train the CLIP4Cir Combiner (stage 2) on composed-retrieval triplets, CLIP frozen",
-        description="Stage 2 of CLIP4Cir: precompute (and cache) image features with the frozen "
+        add_train_clip_arguments,
+        run_train_clip,
+    ),
+    "train-phi": (
+        "train textual inversion (phi) on unlabeled images for zero-shot composed search",
+        "Train phi, which turns an image into a pseudo-word for the prompt "
+        "'a photo of $ that {caption}', on unlabeled images (a folder, or an index's stored vectors).",
+        add_train_phi_arguments,
+        run_train_phi,
+    ),
+    "train-stage1": (
+        "fine-tune CLIP for composed retrieval (CLIP4Cir stage 1, query = image + text)",
+        "Stage 1 of CLIP4Cir: fine-tune both encoders so normalise(image + text) retrieves "
+        "the target (AdamW lr 2e-6); writes an open_clip folder usable as --model.",
+        add_train_stage1_arguments,
+        run_train_stage1,
+    ),
+    "train-combiner": (
+        "train the CLIP4Cir Combiner (stage 2) on composed-retrieval triplets, CLIP frozen",
+        "Stage 2 of CLIP4Cir: precompute (and cache) image features with the frozen "
         "model, then train the Combiner (Adam lr 2e-5, in-batch cross-entropy); keeps the best "
         "checkpoint by the protocol's validation metric.",
-    )
-    add_train_combiner_arguments(parser)
-    add_recipe(parser)
-    parser.set_defaults(func=run_train_combiner)
+        add_train_combiner_arguments,
+        run_train_combiner,
+    ),
+}
 
 
-def _add_train_stage1(sub):
-    parser = sub.add_parser(
-        "train-stage1",
-        help="fine-tune CLIP for composed retrieval (CLIP4Cir stage 1, query = image + text)",
-        description="Stage 1 of CLIP4Cir: fine-tune both encoders so normalise(image + text) retrieves "
-        "the target (AdamW lr 2e-6); writes an open_clip folder usable as --model.",
-    )
-    add_train_stage1_arguments(parser)
-    add_recipe(parser)
-    parser.set_defaults(func=run_train_stage1)
-
-
-RECIPE_COMMANDS = ("train-clip", "train-stage1", "train-combiner", "train-phi")
+def _add_training_commands(sub):
+    for name, (summary, description, add_arguments, run) in TRAINING_COMMANDS.items():
+        parser = sub.add_parser(name, help=summary, description=description)
+        add_arguments(parser)
+        add_recipe(parser)
+        parser.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,13 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push(sub)
     _add_pull(sub)
     _add_shapes(sub)
-    _add_train_clip(sub)
-    _add_train_phi(sub)
     _add_tag(sub)
     _add_eval(sub)
     _add_finetune(sub)
-    _add_train_stage1(sub)
-    _add_train_combiner(sub)
+    _add_training_commands(sub)
     return parser
 
 
@@ -421,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         recipe = recipe_values(argv)
-        if recipe and argv and argv[0] in RECIPE_COMMANDS:
+        if recipe and argv and argv[0] in TRAINING_COMMANDS:
             apply_recipe(parser.commands[argv[0]], *recipe)
     except RetrievalError as error:
         print(f"error: {error}", file=sys.stderr)
