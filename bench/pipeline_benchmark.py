@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -141,7 +142,7 @@ def raw_forward(backbone, batch_size: int, batches: int) -> tuple[float, float]:
     return images / (time.perf_counter() - start), (cpu_seconds() - cpu) / images
 
 
-def pipeline_run(backbone, folder: Path, out_dir: Path, count: int) -> dict:
+def pipeline_run(backbone, folder: Path, out_dir: Path, count: int, settings: Settings) -> dict:
     """One full `build_index`, with the time spent in its phases."""
     shutil.rmtree(out_dir, ignore_errors=True)
     totals: dict[str, float] = {}
@@ -153,7 +154,7 @@ def pipeline_run(backbone, folder: Path, out_dir: Path, count: int) -> dict:
         timed_calls(backbone, "encode_image_tensors", totals),
     ):
         start, cpu = time.perf_counter(), cpu_seconds()
-        report = build_index(folder, out_dir, backbone, "flat", progress=False)
+        report = build_index(folder, out_dir, backbone, "flat", progress=False, settings=settings)
         wall = time.perf_counter() - start
     assert len(report.index) == count, report.summary()
     return {
@@ -168,12 +169,12 @@ def pipeline_run(backbone, folder: Path, out_dir: Path, count: int) -> dict:
     }
 
 
-def worker_cost(backbone, paths: list[Path], reduced: bool) -> float:
+def worker_cost(backbone, paths: list[Path], thumb_size: int, reduced: bool) -> float:
     """Single-thread ms per image of the worker's job (decode, transform, thumbnail JPEG)."""
     dataset = _ImageFiles(
         paths,
         backbone.transform,
-        Settings.from_env().thumb_size,
+        thumb_size,
         backbone.image_size if reduced else None,
     )
     threads = torch.get_num_threads()
@@ -185,16 +186,15 @@ def worker_cost(backbone, paths: list[Path], reduced: bool) -> float:
     return (time.perf_counter() - start) / len(dataset) * 1000
 
 
-def decode_fidelity(backbone, paths: list[Path]) -> float:
+def decode_fidelity(backbone, paths: list[Path], size: int) -> float:
     """Largest mean |difference| of model input (normalised units) between draft and full decode."""
-    size = Settings.from_env().thumb_size
     full = _ImageFiles(paths, backbone.transform, size, None)
     reduced = _ImageFiles(paths, backbone.transform, size, backbone.image_size)
     return max(float((full[i][1] - reduced[i][1]).abs().mean()) for i in range(len(paths)))
 
 
 def throughput(args, backbone) -> None:
-    os.environ["SR_BATCH_SIZE"] = str(args.batch_size)
+    settings = replace(Settings.from_env(), batch_size=args.batch_size)
     workdir = Path(tempfile.mkdtemp(prefix="sr-bench-"))
     folder = Path(args.image_dir) if args.image_dir else workdir / "photos"
     try:
@@ -203,13 +203,18 @@ def throughput(args, backbone) -> None:
         notes = {
             "stats": folder_stats(paths),
             "sample": len(sample),
-            "full": worker_cost(backbone, sample, reduced=False),
-            "reduced": worker_cost(backbone, sample, reduced=True),
-            "fidelity": decode_fidelity(backbone, sample[:50]),
+            "full": worker_cost(backbone, sample, settings.thumb_size, reduced=False),
+            "reduced": worker_cost(backbone, sample, settings.thumb_size, reduced=True),
+            "fidelity": decode_fidelity(backbone, sample[:50], settings.thumb_size),
+            "workers": settings.num_workers,
         }
         rows = []
         for round_number in range(1, args.rounds + 1):
-            rows.append(throughput_round(args, backbone, folder, workdir, len(paths), round_number))
+            rows.append(
+                throughput_round(
+                    args, backbone, folder, workdir, len(paths), round_number, settings
+                )
+            )
             print(rows[-1], flush=True)
             write_section(  # after every round, so a long run that is stopped still reports
                 "pipeline-throughput",
@@ -220,10 +225,10 @@ def throughput(args, backbone) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def throughput_round(args, backbone, folder, workdir, count, round_number) -> list:
+def throughput_round(args, backbone, folder, workdir, count, round_number, settings) -> list:
     load_before = load()
     before, cpu_before = raw_forward(backbone, args.batch_size, args.raw_batches)
-    run = pipeline_run(backbone, folder, workdir / "index", count)
+    run = pipeline_run(backbone, folder, workdir / "index", count, settings)
     after, cpu_after = raw_forward(backbone, args.batch_size, args.raw_batches)
     ratio = run["ips"] / ((before + after) / 2)
     cpu_ratio = (cpu_before + cpu_after) / 2 / run["cpu_per_image"]
@@ -257,7 +262,7 @@ def throughput_report(args, rows: list[list], notes: dict) -> str:
     met = "met" if min(ratios) >= 0.9 else "NOT met"
     table = markdown_table(THROUGHPUT_HEADER, rows)
     return f"""
-{notes["stats"]}; batch size {args.batch_size}, {Settings.from_env().num_workers} DataLoader workers,
+{notes["stats"]}; batch size {args.batch_size}, {notes["workers"]} DataLoader workers,
 {torch.get_num_threads()} torch thread(s) in the main process, {os.cpu_count()} cores.
 Raw forward: `encode_image_tensors` on pre-made tensors, {args.raw_batches} batches timed right
 before and right after each pipeline run (the ratio uses their mean). Pipeline: `build_index(...,

@@ -25,9 +25,21 @@ def machine() -> str:
     )
 
 
+def command_line() -> str:
+    """How the running benchmark was started, relative to the repository root (as `python -m`)."""
+    script = Path(sys.argv[0]).resolve()
+    root = BENCHMARKS.parent
+    name = (
+        "-m " + ".".join(script.relative_to(root).with_suffix("").parts)
+        if script.is_relative_to(root)
+        else sys.argv[0]
+    )
+    return " ".join(["python", name, *sys.argv[1:]])
+
+
 def write_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section marked `key`, stamped with the command and machine."""
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     section = (
         f"<!-- bench:{key} -->\n## {title}\n\n"
