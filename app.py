@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from webapp.api import create_api
+from webapp.api.cors import keep_outermost
 from webapp.ui import build_ui, launch_options
 
 
@@ -23,7 +24,9 @@ def create_app(catalog: Catalog | None = None, settings: Settings | None = None)
     catalog = catalog or Catalog.from_file(settings.collections_file, settings)
     app = create_api(catalog, settings)
     demo = build_ui(catalog, settings)
-    return gr.mount_gradio_app(app, demo, path="", **launch_options(settings))
+    app = gr.mount_gradio_app(app, demo, path="", **launch_options(settings))
+    keep_outermost(app)  # the UI's own CORS handling must not answer for /api
+    return app
 
 
 def bind_address(settings: Settings) -> tuple[str, int]:

@@ -10,13 +10,13 @@ heatmaps) and `service` (health, and JSON errors for unknown paths).
 """
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from retrieval import __version__
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from retrieval.uploads import uploaded_specs
 from webapp.api import analysis, collections, search, service
+from webapp.api.cors import ApiCors
 from webapp.api.deps import API_KEY_HEADER
 from webapp.api.errors import install_error_handlers
 from webapp.api.limits import BodySizeLimit
@@ -38,13 +38,7 @@ def create_api(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, settings=settings)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=[API_KEY_HEADER, "Content-Type"],
-        )
+    app.add_middleware(ApiCors, origins=tuple(settings.cors_origins))
     app.include_router(service.router(catalog))
     for resource in (collections, search, analysis):
         app.include_router(resource.router(catalog, settings))
