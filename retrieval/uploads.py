@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 import zlib
@@ -41,6 +42,7 @@ CHUNK = 64 * 1024
 MIN_RATIO_CHECK_BYTES = 1 * MB  # small text members may compress well; only big ones can be bombs
 COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SPEC_FILE = "collection.json"
+STALE_AFTER_S = 3600.0  # no upload takes an hour: a staging folder that old was left by a crash
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _IGNORED_DIRS = {"__MACOSX"}
 
@@ -302,11 +304,25 @@ def create_collection_from_zip(
     return Collection(spec, index, backbone, searcher)
 
 
+def sweep_staging(settings: Settings = DEFAULTS, older_than_s: float = STALE_AFTER_S) -> list[str]:
+    """Remove what crashed uploads and deletions left behind (hidden `.incoming-*`/`.deleted-*`
+    folders untouched for `older_than_s`); returns their names. Run when the server starts."""
+    root = uploads_root(settings)
+    now, removed = time.time(), []
+    for folder in sorted(root.glob(".*")) if root.is_dir() else []:
+        if folder.is_dir() and now - folder.stat().st_mtime > older_than_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
 def uploaded_specs(settings: Settings = DEFAULTS) -> list[CollectionSpec]:
-    """Specs of collections uploaded earlier, so a restarted app can serve them again."""
+    """Specs of collections uploaded earlier, so a restarted app can serve them again. Hidden
+    folders are work in progress (or its crash leftovers) and never served."""
     root = uploads_root(settings)
     specs = []
-    for file in sorted(root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []:
+    files = sorted(root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    for file in (f for f in files if not f.parent.name.startswith(".")):
         try:
             raw = json.loads(file.read_text())
             spec = CollectionSpec(

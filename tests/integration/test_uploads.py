@@ -1,14 +1,19 @@
 """Zip import: hostile archives are refused with a clear message; good ones become collections."""
 
 import io
+import os
+import shutil
 import stat
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.uploads import (
@@ -17,9 +22,11 @@ from retrieval.uploads import (
     import_zip,
     is_uploaded,
     member_path,
+    sweep_staging,
     uploaded_specs,
 )
 from tests.helpers import draw_scene, make_collection
+from webapp.api import create_api
 
 
 def png_bytes(colour="red", shape="circle") -> bytes:
@@ -188,6 +195,25 @@ def test_failed_upload_leaves_no_staging_folder(tmp_path, micro_backbone):
     with pytest.raises(BadInput, match="not allowed"):
         create_collection_from_zip(broken, "../escape", micro_backbone, settings)
     assert list((tmp_path / "cache" / "uploads").iterdir()) == []
+
+
+def test_crash_leftovers_are_never_served_and_swept_at_startup(tmp_path, micro_backbone):
+    """A crash between writing collection.json and the final rename left a complete-looking
+    hidden folder: it must not be served, and the server's start removes it once it is stale."""
+    settings = Settings(cache_dir=str(tmp_path / "cache"))
+    data = zip_of_folder(make_collection(tmp_path / "src"))
+    create_collection_from_zip(data, "kept", micro_backbone, settings)
+    root = tmp_path / "cache" / "uploads"
+    crashed, in_progress = root / ".incoming-crashed", root / ".incoming-now"
+    shutil.copytree(root / "kept", crashed)
+    in_progress.mkdir()
+    an_hour_and_more = time.time() - 2 * 3600
+    os.utime(crashed, (an_hour_and_more, an_hour_and_more))
+    assert [spec.name for spec in uploaded_specs(settings)] == ["kept"]
+    client = TestClient(create_api(Catalog([], settings), settings))
+    assert [c["name"] for c in client.get("/api/collections").json()["collections"]] == ["kept"]
+    assert not crashed.exists() and in_progress.is_dir()  # a live upload is left alone
+    assert sweep_staging(settings, older_than_s=0) == [".incoming-now"]
 
 
 VALID_ZIP = make_zip(

@@ -9,17 +9,21 @@ One router per resource: `collections` (collections and items), `search`, `analy
 heatmaps) and `service` (health, and JSON errors for unknown paths).
 """
 
+import logging
+
 from fastapi import FastAPI
 
 from retrieval import __version__
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from retrieval.uploads import uploaded_specs
+from retrieval.uploads import sweep_staging, uploaded_specs
 from webapp.api import analysis, collections, search, service
 from webapp.api.cors import ApiCors
 from webapp.api.deps import API_KEY_HEADER
 from webapp.api.errors import install_error_handlers
 from webapp.api.limits import BodySizeLimit
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Search museum collections by text, by image, or by an image plus a modification "
@@ -32,6 +36,8 @@ def create_api(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     """The REST API over `catalog`; collections load on their first request."""
     settings = settings or Settings.from_env()
     app = FastAPI(title="Smart Retrieval API", version=__version__, description=DESCRIPTION)
+    for name in sweep_staging(settings):
+        log.info("removed %s, left in the uploads folder by an interrupted upload", name)
     for spec in uploaded_specs(settings):  # collections uploaded before a restart come back
         catalog.specs.setdefault(spec.name, spec)
     app.state.catalog = catalog
