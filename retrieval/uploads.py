@@ -304,9 +304,19 @@ def create_collection_from_zip(
     return Collection(spec, index, backbone, searcher)
 
 
+def replace_folder(complete: Path, target: Path) -> None:
+    """Put a fully built folder in place of `target`: the old one serves until the new one is
+    complete, and is removed only after the swap (two renames within one parent folder)."""
+    old = target.with_name(f".replaced-{uuid.uuid4().hex}")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(complete, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def sweep_staging(settings: Settings = DEFAULTS, older_than_s: float = STALE_AFTER_S) -> list[str]:
-    """Remove what crashed uploads and deletions left behind (hidden `.incoming-*`/`.deleted-*`
-    folders untouched for `older_than_s`); returns their names. Run when the server starts."""
+    """Remove what crashed uploads, replacements and deletions left behind (hidden folders
+    untouched for `older_than_s`); returns their names. Run when the server starts."""
     root = uploads_root(settings)
     now, removed = time.time(), []
     for folder in sorted(root.glob(".*")) if root.is_dir() else []:

@@ -266,6 +266,36 @@ def test_upload_is_indexed_for_this_session_only(catalog, scenes, tmp_path, sett
     assert not session.folder.exists()
 
 
+def test_a_refused_reupload_leaves_the_collection_it_would_replace(scenes, tmp_path, settings):
+    """A zip bomb (or any refused zip) under the name of an upload must not destroy that upload."""
+    session, mine = index_upload(
+        None,
+        str(zip_of_images(tmp_path / "mine.zip")),
+        "mine",
+        scenes,
+        settings=settings,
+        progress=False,
+    )
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("huge.png", b"\0" * (50 * 1024 * 1024))
+    with pytest.raises(TooLarge, match="zip bomb"):
+        index_upload(session, str(bomb), "mine", scenes, settings=settings, progress=False)
+    assert session.collections[mine.name] is mine and len(mine.index) == 9
+    assert all(mine.index.thumb_path(item["id"]).is_file() for item in mine.index.items)
+    assert Index.load(mine.index.directory, scenes.backbone).item("red-circle")
+    assert [p.name for p in session.folder.iterdir()] == ["mine"]  # nothing half-built is left
+    fewer = tmp_path / "fewer.zip"
+    with zipfile.ZipFile(fewer, "w") as archive:
+        for file in sorted((tmp_path / "mine-source").glob("*.png"))[:4]:
+            archive.write(file, file.name)
+    _, replaced = index_upload(
+        session, str(fewer), "mine", scenes, settings=settings, progress=False
+    )
+    assert len(replaced.index) == 4 and session.collections[mine.name] is replaced
+    assert [p.name for p in session.folder.iterdir()] == ["mine"]
+
+
 def test_upload_with_separate_metadata_csv(scenes, tmp_path, settings):
     archive = zip_of_images(tmp_path / "plain.zip")
     metadata = tmp_path / "extra.csv"

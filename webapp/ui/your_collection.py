@@ -21,7 +21,7 @@ from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.hub import HUB_PREFIX, push_index
 from retrieval.index import Index, build_index
 from retrieval.search import Searcher
-from retrieval.uploads import import_zip
+from retrieval.uploads import import_zip, replace_folder
 from webapp.ui.common import guarded
 from webapp.ui.shell import Shell, serve_files
 from webapp.ui.state import (
@@ -53,21 +53,21 @@ def index_upload(
     if key not in session.collections and len(session.collections) >= MAX_SESSION_COLLECTIONS:
         raise TooLarge(f"a session holds at most {MAX_SESSION_COLLECTIONS} uploaded collections")
     target = session.folder / slug
-    shutil.rmtree(target, ignore_errors=True)  # uploading under the same name replaces it
-    try:
-        folder = import_zip(zip_path, target / "images", settings)
-        metadata = _copy_metadata(metadata_path, target) if metadata_path else None
+    staging = session.folder / f".incoming-{uuid.uuid4().hex}"
+    try:  # built aside: a refused zip leaves the collection of the same name as it was
+        folder = import_zip(zip_path, staging / "images", settings)
+        metadata = _copy_metadata(metadata_path, staging) if metadata_path else None
         build_index(
             folder,
-            target / "index",
+            staging / "index",
             base.backbone,
             metadata=metadata,
             progress=progress,
             settings=settings,
         )
-    except Exception:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+        replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     index = Index.load(target / "index", base.backbone)
     spec = CollectionSpec(
         name=key,
