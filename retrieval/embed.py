@@ -7,9 +7,12 @@ and the thumbnail: on a CPU the workers share cores with the model, so every ms 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import math
 import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,8 @@ from retrieval.backbone import Backbone
 from retrieval.config import DEFAULTS, ImageLimits, Settings
 from retrieval.errors import BadInput
 from retrieval.images import open_image, thumbnail
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -97,8 +102,15 @@ def _collate(samples):
     return [s[0] for s in good], pixels, [s[2] for s in good], bad
 
 
-def _quiet_worker(_):
-    torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model
+def worker_init(_=None) -> None:
+    """Every DataLoader worker of the project starts here: one thread (the main process owns the
+    cores for the model), and it dies with its parent, so a killed server or command leaves no
+    worker holding memory (Linux: the kernel sends SIGKILL when the parent goes)."""
+    torch.set_num_threads(1)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect: orphaned already
+        os._exit(1)
 
 
 def embed_files(
@@ -125,7 +137,7 @@ def embed_files(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
-        worker_init_fn=_quiet_worker if num_workers else None,
+        worker_init_fn=worker_init if num_workers else None,
         pin_memory=backbone.device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
     )

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from retrieval.config import DEFAULTS, Settings
 from retrieval.data.composed import ComposedSplit
+from retrieval.embed import worker_init
 from retrieval.errors import BadInput
 from retrieval.images import open_image
 
@@ -87,6 +88,7 @@ def embed_image_paths(
         _Pixels(list(paths), backbone.transform),
         batch_size=batch_size,
         num_workers=workers,
+        worker_init_fn=worker_init,
         collate_fn=_collate,
         pin_memory=backbone.device.type == "cuda",
     )

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from retrieval.backbone import load_backbone, pick_device
 from retrieval.data.art import DEFAULT_TITLE_TEMPLATE, ArtClass, ArtDataset, class_text
+from retrieval.embed import worker_init
 from retrieval.errors import BadInput, NotFound
 from retrieval.eval.metrics import mean_average_precision, topk_accuracy
 from retrieval.eval.report import markdown_table
@@ -141,6 +142,7 @@ def encode_image_files(
         _ImageFiles(paths, model.transform),
         batch_size=batch_size,
         num_workers=workers,
+        worker_init_fn=worker_init,
         collate_fn=_collate_images,
     )
     features, readable = None, np.zeros(len(paths), dtype=bool)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from retrieval.embed import worker_init
 from retrieval.shapes.world import (
     SplitData,
     describe,
@@ -72,6 +73,7 @@ def shapes_loader(
         drop_last=True,
         collate_fn=dataset.collate,
         num_workers=num_workers,
+        worker_init_fn=worker_init,
         persistent_workers=False,
     )
 

@@ -13,6 +13,7 @@ import torch
 
 from retrieval.backbone import Backbone, model_config, save_backbone
 from retrieval.data.art import DEFAULT_TITLE_TEMPLATE, TEXT_KINDS, ArtDataset, class_text
+from retrieval.embed import worker_init
 from retrieval.errors import BadInput
 from retrieval.eval.art import ClipFeatures, EvalOptions, evaluate
 from retrieval.images import open_image
@@ -112,6 +113,7 @@ def pairs_loader(
         pairs,
         batch_sampler=DistinctClassBatches(dataset.labels, batch_size),
         num_workers=workers,
+        worker_init_fn=worker_init,
         collate_fn=_collate_pairs,
         pin_memory=torch.cuda.is_available(),
     )

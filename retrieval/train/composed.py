@@ -24,6 +24,7 @@ from retrieval.composed.baselines import sum_composer
 from retrieval.composed.combiner import Combiner, new_combiner
 from retrieval.data.composed import ComposedSplit
 from retrieval.data.features import encode_texts, image_features, unique_rows
+from retrieval.embed import worker_init
 from retrieval.errors import BadInput
 from retrieval.eval.composed import SELECT_METRIC, evaluate_split, summarise
 from retrieval.images import open_image
@@ -188,6 +189,7 @@ def train_combiner(
         drop_last=len(data) > cfg.batch_size,
         collate_fn=_keep_batch,
         num_workers=num_workers,
+        worker_init_fn=worker_init,
     )
     validate = (
         split_validator(backbone, val_splits, protocol, cache, progress) if val_splits else None
@@ -286,6 +288,7 @@ def train_stage1(
         drop_last=len(data) > cfg.batch_size,
         collate_fn=data.collate,
         num_workers=num_workers,
+        worker_init_fn=worker_init,
     )
     validate = None
     if val_splits:

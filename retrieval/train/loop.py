@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from retrieval.embed import worker_init
 from retrieval.errors import BadInput, NotFound
 
 TOWERS = ("both", "image", "text")
@@ -451,4 +452,5 @@ def make_loader(dataset, batch_size: int, num_workers: int = 0, shuffle: bool = 
         drop_last=True,
         collate_fn=getattr(dataset, "collate", None),
         num_workers=num_workers,
+        worker_init_fn=worker_init,
     )
