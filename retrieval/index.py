@@ -343,6 +343,15 @@ class BuildReport:
             text += f"\n  skipped {file}: {reason}"
         return text
 
+    def as_dict(self) -> dict:
+        """The report as JSON: what the version holds, what changed, and every file left out."""
+        counts = ("added", "changed", "removed", "unchanged")
+        return {
+            "indexed": len(self.index),
+            **{name: getattr(self, name) for name in counts},
+            "skipped": _skip_records(self.skipped or []),
+        }
+
 
 def build_index(
     folder: str | Path,
@@ -360,10 +369,12 @@ def build_index(
     folder, out_dir = Path(folder), Path(out_dir)
     items, skipped = scan_folder(folder, metadata)
     if not items:
-        raise BadInput(f"no images found in {folder}")
+        raise BadInput(
+            f"no images found in {folder.name!r} ({_some(skipped) or 'an empty folder'})"
+        )
     rows, vectors, failed = _embed_items(items, out_dir, backbone, progress, settings)
     if not rows:
-        raise BadInput(f"none of the {len(items)} images in {folder} could be read")
+        raise BadInput(f"none of the {len(items)} images could be read: {_some(failed)}")
     manifest = {
         "format": FORMAT_VERSION,
         "retrieval_version": __version__,
@@ -376,6 +387,7 @@ def build_index(
         "index_params": index_params or {},
         "source_root": relative_path(folder, out_dir),
         "metadata_file": relative_path(Path(metadata), out_dir) if metadata else None,
+        "skipped": _skip_records(skipped + failed),
     }
     index = write_version(out_dir, manifest, rows, vectors)
     return BuildReport(index, added=len(rows), skipped=skipped + failed)
@@ -393,7 +405,8 @@ def update_index(
     index = Index.load(out_dir, backbone)
     folder = Path(folder) if folder else index.source_root()
     metadata = metadata or index.metadata_file()
-    items, skipped = scan_folder(folder, metadata)
+    known_ids = {row["file"]: row["id"] for row in index.items if "file" in row}
+    items, skipped = scan_folder(folder, metadata, known_ids)
     old = {row["id"]: position for position, row in enumerate(index.items)}
     keep_rows, keep_vectors, todo = [], [], []
     for item in items:
@@ -420,15 +433,28 @@ def update_index(
     if not rows:
         raise BadInput(f"no readable images left in {folder}")
     parts = ([np.stack(keep_vectors)] if keep_vectors else []) + ([new_vectors] if new_rows else [])
-    manifest = {**index.manifest, "source_root": relative_path(folder, Path(out_dir))}
+    manifest = {
+        **index.manifest,
+        "source_root": relative_path(folder, Path(out_dir)),
+        "skipped": _skip_records(skipped + failed),
+    }
     new_index = write_version(Path(out_dir), manifest, rows, np.concatenate(parts))
-    changed = sum(1 for row in new_rows if row["id"] in old)
-    current_ids = {item.id for item in items}
-    return BuildReport(
+    final, embedded = {row["id"] for row in rows}, {row["id"] for row in new_rows}
+    return BuildReport(  # counted on what the new version holds: added + changed + unchanged = len
         new_index,
-        added=len(new_rows) - changed,
-        changed=changed,
-        removed=sum(1 for item_id in old if item_id not in current_ids),
+        added=len(final - old.keys()),
+        changed=len(embedded & old.keys()),
+        removed=len(old.keys() - final),
         unchanged=len(keep_rows),
         skipped=skipped + failed,
     )
+
+
+def _skip_records(skipped: list[tuple[str, str]]) -> list[dict]:
+    return [{"file": file, "reason": reason} for file, reason in skipped]
+
+
+def _some(skipped: list[tuple[str, str]], count: int = 3) -> str:
+    """The first few skipped files and why, for an error message."""
+    shown = "; ".join(f"{file}: {reason}" for file, reason in skipped[:count])
+    return shown + (f"; and {len(skipped) - count} more" if len(skipped) > count else "")

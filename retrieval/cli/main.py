@@ -32,7 +32,7 @@ from retrieval.cli.shapes import (
 )
 from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
 from retrieval.config import Settings
-from retrieval.errors import RetrievalError
+from retrieval.errors import BadInput, RetrievalError
 from retrieval.hub import fetch, push_index
 from retrieval.index import Index, build_index, update_index
 from retrieval.search import Filters, Searcher
@@ -61,10 +61,27 @@ def _cmd_index(args):
         _backbone(args),
         index_type=args.index_type,
         metadata=args.metadata,
-        index_params=json.loads(args.index_params),
+        index_params=_index_params(args.index_params),
         settings=args.settings,
     )
+    _print_report(args, report)
+
+
+def _index_params(text: str) -> dict:
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInput(f"--index-params is not JSON ({error.msg}): {text!r}") from error
+    if not isinstance(params, dict):
+        raise BadInput(f"--index-params must be a JSON object, not {text!r}")
+    return params
+
+
+def _print_report(args, report) -> None:
+    """The summary on stdout; with --report FILE also the full report as JSON."""
     print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2))
 
 
 def _cmd_update(args):
@@ -74,7 +91,7 @@ def _cmd_update(args):
     report = update_index(
         args.index, backbone, folder=args.folder, metadata=args.metadata, settings=args.settings
     )
-    print(report.summary())
+    _print_report(args, report)
 
 
 def _cmd_search(args):
@@ -135,6 +152,14 @@ def _cmd_pull(args):
     print(f"{len(index)} items, model {index.manifest['model_spec']}, at {path}")
 
 
+def _add_report_option(parser) -> None:
+    parser.add_argument(
+        "--report",
+        help="also write the indexing report (counts, and every skipped file or metadata row "
+        "with the reason) as JSON to this file",
+    )
+
+
 def _add_index(sub):
     parser = sub.add_parser(
         "index",
@@ -144,6 +169,7 @@ def _add_index(sub):
     )
     parser.add_argument("folder", help="folder of images (searched recursively)")
     parser.add_argument("--out", required=True, help="index directory to create or replace")
+    _add_report_option(parser)
     parser.add_argument(
         "--model",
         required=True,
@@ -182,6 +208,7 @@ def _add_update(sub):
     )
     parser.add_argument("index", help="index directory")
     parser.add_argument("--folder", help="image folder (default: the one the index was built from)")
+    _add_report_option(parser)
     parser.add_argument(
         "--metadata", help="metadata CSV/JSONL (default: the one used at build time)"
     )

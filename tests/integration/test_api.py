@@ -289,6 +289,38 @@ def test_upload_search_restart_and_delete_with_the_key(client, demo_index, tmp_p
     assert not (tmp_path / "cache" / "uploads" / "museum").exists()
 
 
+def test_an_upload_reports_every_file_it_left_out(client):
+    """Same-stem files both become items; a corrupt file and a CSV row naming no image are listed
+    in the response with their reason (they used to vanish: "count 61" for a zip of 75)."""
+
+    def encoded(colour, shape, fmt):
+        buffer = io.BytesIO()
+        draw_scene(colour, shape).save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("photos/vase.jpg", encoded("red", "circle", "JPEG"))
+        archive.writestr("photos/vase.webp", encoded("blue", "square", "WEBP"))
+        archive.writestr("photos/broken.png", b"\x89PNG\r\n\x1a\n cut short")
+        archive.writestr(
+            "photos/metadata.csv", "file,title\nvase.jpg,Red vase\nphotos/gone.png,Lost\n"
+        )
+    created = client.post(
+        "/api/collections", params={"name": "reported"}, headers={"X-API-Key": KEY},
+        files={"file": ("photos.zip", buffer.getvalue(), "application/zip")},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["count"] == 2
+    ids = [item["id"] for item in client.get("/api/collections/reported/items").json()["items"]]
+    assert sorted(ids) == ["vase.jpg", "vase.webp"]
+    reasons = {record["file"]: record["reason"] for record in body["skipped"]}
+    assert set(reasons) == {"broken.png", "metadata.csv row 2"}
+    assert "gone.png" in reasons["metadata.csv row 2"]
+    assert client.get("/api/collections/reported").json()["skipped"] == body["skipped"]
+
+
 def make_evil_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

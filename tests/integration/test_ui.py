@@ -31,7 +31,7 @@ from webapp.ui.state import (
 )
 from webapp.ui.tagging import tag, vocabularies
 from webapp.ui.text_search import artists, make_filters, text_search
-from webapp.ui.your_collection import index_archive, index_upload
+from webapp.ui.your_collection import index_archive, index_upload, skip_note
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +294,16 @@ def test_a_refused_reupload_leaves_the_collection_it_would_replace(scenes, tmp_p
     )
     assert len(replaced.index) == 4 and session.collections[mine.name] is replaced
     assert [p.name for p in session.folder.iterdir()] == ["mine"]
+
+
+def test_the_upload_message_names_what_was_left_out(scenes, tmp_path, settings):
+    archive = zip_of_images(tmp_path / "mine.zip")
+    with zipfile.ZipFile(archive, "a") as opened:
+        opened.writestr("photos/broken.png", b"not a png")
+    _, added = index_upload(None, str(archive), "mine", scenes, settings=settings, progress=False)
+    note = skip_note(added.index.manifest["skipped"])
+    assert len(added.index) == 9 and "**1** left out" in note and "`broken.png`" in note
+    assert skip_note([]) == ""
 
 
 def test_upload_with_separate_metadata_csv(scenes, tmp_path, settings):

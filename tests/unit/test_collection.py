@@ -34,7 +34,7 @@ def test_jsonl_metadata_and_duplicate_ids(tmp_path):
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     items, skipped = scan_folder(tmp_path)
     assert [item.id for item in items].count("same") == 1
-    assert any("duplicate id" in reason for _, reason in skipped)
+    assert any("already used by round/" in reason for _, reason in skipped)
 
 
 def test_bad_metadata_and_missing_folder(tmp_path):
@@ -47,3 +47,22 @@ def test_bad_metadata_and_missing_folder(tmp_path):
 
 def test_safe_id_removes_traversal():
     assert "/" not in safe_id("../../etc/passwd") and ".." not in safe_id("../../etc/passwd")
+
+
+def test_files_that_share_a_stem_all_get_ids_and_unmatched_rows_are_reported(tmp_path):
+    make_collection(tmp_path, with_metadata=False)
+    same = tmp_path / "round" / "red_circle"
+    (tmp_path / "round" / "red_circle.png").rename(same.with_suffix(".jpg"))
+    make_collection(tmp_path / "copy", with_metadata=False)
+    (tmp_path / "copy" / "round" / "red_circle.png").rename(same.with_suffix(".png"))
+    (tmp_path / "metadata.csv").write_text("file,title\nphotos/round/red_circle.png,Lost\n")
+    items, skipped = scan_folder(tmp_path)
+    ids = {item.id for item in items}
+    assert {"round_red_circle.jpg", "round_red_circle.png"} <= ids  # neither is dropped
+    assert len(ids) == len(items) == 16
+    assert skipped == [
+        ("metadata.csv row 1", "matches no image (file 'photos/round/red_circle.png', id None)")
+    ]
+    known = {"round/red_circle.jpg": "round_red_circle"}  # the id it had before the .png came
+    again, _ = scan_folder(tmp_path, known_ids=known)
+    assert "round_red_circle" in {item.id for item in again}

@@ -73,6 +73,36 @@ def test_incremental_update_embeds_only_what_changed(built, micro_backbone):
     assert np.allclose(after.vectors[after.position("green-square")], fresh, atol=1e-5)
 
 
+def test_update_counts_what_the_new_version_holds_and_reports_every_skip(built, micro_backbone):
+    """Two files corrupted, one deleted, one added: the counts add up to the new index's size and
+    the corrupted files are named with their reason (they used to count as added and changed)."""
+    folder, index_dir, first = built
+    assert [record["file"] for record in first.as_dict()["skipped"]] == ["broken.jpg"]
+    for name in ("round/red_circle.png", "angular/blue_square.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "round" / "blue_circle.png").unlink()
+    Image.new("RGB", (30, 60), (9, 9, 9)).save(folder / "new.png")
+    report = update_index(index_dir, micro_backbone, progress=False)
+    counts = {k: v for k, v in report.as_dict().items() if k != "skipped"}
+    assert counts == {"indexed": 6, "added": 1, "changed": 0, "removed": 3, "unchanged": 5}
+    skipped = {record["file"]: record["reason"] for record in report.as_dict()["skipped"]}
+    unreadable = {"broken.jpg", "round/red_circle.png", "angular/blue_square.png"}
+    assert set(skipped) == unreadable | {"metadata.csv row 5"}  # the deleted file's row
+    assert "matches no image" in skipped["metadata.csv row 5"]
+    assert Index.load(index_dir).manifest["skipped"] == report.as_dict()["skipped"]
+
+
+def test_a_folder_of_unreadable_images_names_them_not_the_server_path(tmp_path, micro_backbone):
+    folder = tmp_path / "uploads" / "secret-server-path"
+    folder.mkdir(parents=True)
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    with pytest.raises(BadInput) as error:
+        build_index(folder, tmp_path / "index", micro_backbone, progress=False)
+    assert "a.jpg" in str(error.value) and "b.png" in str(error.value)
+    assert str(tmp_path) not in str(error.value)
+
+
 def test_previous_version_survives_a_failed_write(built, monkeypatch):
     _, index_dir, _ = built
     before = Index.load(index_dir)

@@ -242,6 +242,7 @@ def info(request: Request, collection: Collection, uploaded: bool) -> dict:
         "composed_methods": sorted(collection.searcher.composers),
         "vocabulary": spec.vocabulary,
         "uploaded": uploaded,
+        "skipped": index.manifest.get("skipped", []),
     }
 
 

@@ -32,6 +32,11 @@ class CollectionSummary(BaseModel):
     url: str = Field(description="this collection's details")
 
 
+class Skipped(BaseModel):
+    file: str = Field(description="the image (relative path) or metadata row left out")
+    reason: str
+
+
 class CollectionInfo(CollectionSummary):
     count: int = Field(description="number of items")
     model: str
@@ -41,6 +46,9 @@ class CollectionInfo(CollectionSummary):
     composed_methods: list[str] = Field(description="values accepted by search/composed `method`")
     vocabulary: str | None = Field(None, description="default tagging vocabulary")
     uploaded: bool = Field(description="true for collections created through the API")
+    skipped: list[Skipped] = Field(
+        [], description="files and metadata rows the last indexing left out, with the reason"
+    )
 
 
 class CollectionList(BaseModel):

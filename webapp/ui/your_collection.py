@@ -84,6 +84,15 @@ def index_upload(
     return session, collection
 
 
+def skip_note(skipped: list[dict], shown: int = 10) -> str:
+    """What the upload left out and why, so nothing is dropped without a word."""
+    if not skipped:
+        return ""
+    lines = [f"- `{record['file']}`: {record['reason']}" for record in skipped[:shown]]
+    more = [f"- and {len(skipped) - shown} more"] if len(skipped) > shown else []
+    return f"\n\n⚠️ **{len(skipped)}** left out:\n" + "\n".join(lines + more)
+
+
 def _copy_metadata(metadata_path: str, target: Path) -> Path:
     source = Path(metadata_path)
     if source.suffix.lower() not in {".csv", ".jsonl"}:
@@ -175,7 +184,10 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
             session, zip_file, upload_title, base, metadata_file, settings
         )
         serve_files(added)
-        message = f"✅ Indexed **{len(added.index):,}** images as *{added.spec.title}*."
+        message = (
+            f"✅ Indexed **{len(added.index):,}** images as *{added.spec.title}*."
+            + skip_note(added.index.manifest.get("skipped", []))
+        )
         choices = collection_choices(shell.catalog, session)
         return session, message, gr.Dropdown(choices=choices, value=added.name)
 
