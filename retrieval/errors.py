@@ -26,6 +26,12 @@ class NotFound(RetrievalError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class Conflict(RetrievalError):
+    """The request clashes with what exists (a name already taken, a shipped collection)."""
+
+    status_code = 409
+
+
 class IndexMismatch(RetrievalError):
     """The index was built with another model or preprocessing than the one in use."""
 

@@ -92,7 +92,10 @@ def open_image(source: ImageSource, limits: ImageLimits = DEFAULTS.image_limits)
             image.load()
             return _to_rgb(image)
     except Image.DecompressionBombError as error:
-        raise TooLarge(f"{name}: too many pixels ({error})") from error
+        raise TooLarge(  # PIL refuses beyond twice its own limit, before our check can run
+            f"{name}: more than {limits.max_pixels:,} pixels, the limit (SR_MAX_IMAGE_PIXELS); "
+            "downscale the image and try again"
+        ) from error
     except UnidentifiedImageError as error:
         raise BadInput(f"{name}: not an image file PIL can read") from error
     except FileNotFoundError as error:

@@ -32,6 +32,16 @@ class Filters:
     keyword: str | None = None
     tags: list[str] | None = None
 
+    def __post_init__(self):
+        if (
+            self.date_from is not None
+            and self.date_to is not None
+            and self.date_from > self.date_to
+        ):
+            raise BadInput(
+                f"the date range is empty: from {self.date_from} is after to {self.date_to}"
+            )
+
     def is_empty(self) -> bool:
         return not any(value not in (None, "", []) for value in asdict(self).values())
 

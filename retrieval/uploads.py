@@ -32,7 +32,7 @@ from retrieval.backbone import Backbone
 from retrieval.catalog import Collection, CollectionSpec
 from retrieval.collection import METADATA_NAMES
 from retrieval.config import DEFAULTS, Settings
-from retrieval.errors import BadInput, NotFound, TooLarge
+from retrieval.errors import BadInput, Conflict, NotFound, TooLarge
 from retrieval.images import IMAGE_SUFFIXES
 from retrieval.index import Index, build_index
 from retrieval.search import Searcher
@@ -268,7 +268,7 @@ def create_collection_from_zip(
     root = uploads_root(settings)
     final = root / name
     if final.exists():
-        raise BadInput(f"a collection named {name!r} already exists; choose another name")
+        raise Conflict(f"a collection named {name!r} already exists; choose another name")
     staging = root / f".incoming-{uuid.uuid4().hex}"
     inherited = {}
     if like is not None:
@@ -295,7 +295,9 @@ def create_collection_from_zip(
         try:
             os.rename(staging, final)  # atomic; fails if another upload took the name meanwhile
         except OSError as error:
-            raise BadInput(f"a collection named {name!r} already exists") from error
+            raise Conflict(
+                f"a collection named {name!r} already exists; choose another name"
+            ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     index = Index.load(final / "index", backbone)

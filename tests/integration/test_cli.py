@@ -77,6 +77,14 @@ def test_index_then_search_end_to_end(tmp_path, micro_model_dir, capsys):
     assert json.loads(capsys.readouterr().out)["hits"] == hits
     assert main(["update", index, "--model", str(micro_model_dir)]) == 0
     assert "8 unchanged" in capsys.readouterr().out
+    assert main(["search", "x", "--index", index, "--date-from", "1900", "--date-to", "1800"]) == 1
+    assert "the date range is empty" in capsys.readouterr().err  # as the API says (400)
+    bad_params = ["index", str(tmp_path / "images"), "--out", index, "--index-params", "{bad"]
+    assert main([*bad_params, "--model", str(micro_model_dir)]) == 1
+    assert "--index-params is not JSON" in capsys.readouterr().err
+    report = tmp_path / "report.json"
+    assert main(["update", index, "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["unchanged"] == 8
 
 
 def test_module_entry_point_runs(tmp_path):

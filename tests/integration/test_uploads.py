@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from retrieval.errors import BadInput, NotFound, TooLarge
+from retrieval.errors import BadInput, Conflict, NotFound, TooLarge
 from retrieval.uploads import (
     create_collection_from_zip,
     delete_uploaded_collection,
@@ -181,7 +181,7 @@ def test_create_collection_from_zip_then_search_list_and_delete(tmp_path, micro_
     assert len(hits) == 3 and "red-circle" not in {hit.id for hit in hits}
     assert [spec.name for spec in uploaded_specs(settings)] == ["my-museum"]
     assert is_uploaded("my-museum", settings)
-    with pytest.raises(BadInput, match="already exists"):
+    with pytest.raises(Conflict, match="already exists"):
         create_collection_from_zip(data, "my-museum", micro_backbone, settings)
     delete_uploaded_collection("my-museum", settings)
     assert not is_uploaded("my-museum", settings) and uploaded_specs(settings) == []

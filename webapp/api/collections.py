@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, Response
 from retrieval.backbone import display_spec
 from retrieval.catalog import Catalog, Collection, CollectionSpec
 from retrieval.config import Settings
-from retrieval.errors import BadInput, NotFound, RetrievalError
+from retrieval.errors import BadInput, Conflict, NotFound, RetrievalError
 from retrieval.images import open_image
 from retrieval.uploads import (
     create_collection_from_zip,
@@ -25,7 +25,7 @@ from retrieval.uploads import (
     is_uploaded,
 )
 from webapp.api.deps import COLLECTION_PATTERN, ItemId, Offset, Params, key_checker
-from webapp.api.errors import Conflict, responses
+from webapp.api.errors import responses
 from webapp.api.schemas import CollectionInfo, CollectionList, Deleted, ItemOut, ItemPage, item_out
 
 BROWSER_IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",

@@ -17,10 +17,6 @@ from webapp.api.schemas import ErrorBody
 log = logging.getLogger(__name__)
 
 
-class Conflict(RetrievalError):
-    status_code = 409
-
-
 class Forbidden(RetrievalError):
     status_code = 403
 
@@ -58,7 +54,9 @@ def validation_message(errors: list[dict]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RetrievalError)
-    async def retrieval_error(_request: Request, error: RetrievalError):
+    async def retrieval_error(request: Request, error: RetrievalError):
+        # the caller's to fix: one log line, no traceback (server faults keep theirs, below)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, error.status_code, error)
         headers = {"WWW-Authenticate": "APIKey"} if isinstance(error, Unauthorized) else None
         return error_response(error.status_code, error_kind(error), str(error), headers=headers)
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from retrieval.errors import BadInput
 from retrieval.search import Filters, SearchResult
 from webapp.api.deps import (
     MAX_TEXT_CHARS,
@@ -34,8 +33,6 @@ def filters(
     keyword: Annotated[str | None, Query(max_length=200, description="words in title or description")] = None,
     tag: Annotated[list[str] | None, Query(max_length=20, description="required tags (repeatable)")] = None,
 ) -> Filters:  # fmt: skip
-    if date_from is not None and date_to is not None and date_from > date_to:
-        raise BadInput(f"date_from ({date_from}) is after date_to ({date_to})")
     return Filters(artist=artist, date_from=date_from, date_to=date_to, keyword=keyword, tags=tag)
 
 

@@ -38,8 +38,9 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except RetrievalError as error:
-            raise gr.Error(str(error), title=type(error).__name__) from error
+        except RetrievalError as error:  # the user's to fix: one log line, no traceback
+            log.info("UI %s: %s: %s", fn.__name__, type(error).__name__, error)
+            raise gr.Error(str(error), title=type(error).__name__, print_exception=False) from error
         except Exception as error:
             log.exception("UI event %s failed", fn.__name__)
             raise gr.Error(f"Something went wrong: {type(error).__name__}: {error}") from error

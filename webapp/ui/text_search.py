@@ -43,8 +43,6 @@ def _year(value) -> int | None:
 
 def make_filters(artist=None, date_from=None, date_to=None, keyword=None) -> Filters:
     date_from, date_to = _year(date_from), _year(date_to)
-    if date_from is not None and date_to is not None and date_from > date_to:
-        raise BadInput(f"the date range is empty: {date_from} is after {date_to}")
     return Filters(
         artist=(artist or "").strip() or None,
         date_from=date_from,
