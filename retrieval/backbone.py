@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from retrieval.config import DEFAULTS, ImageLimits
-from retrieval.errors import BadInput
+from retrieval.errors import BadInput, ModelUnavailable
 from retrieval.hub import HUB_PREFIX, fetch
 from retrieval.images import ImageSource, open_image
 
@@ -159,9 +159,15 @@ def _create(spec: str, device: torch.device):
             raise BadInput(
                 f"unknown model {spec!r}: not an open_clip architecture, folder or hf-hub id"
             )
-    model, _, transform = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=device, weights_only=True
-    )
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, weights_only=True
+        )
+    except (OSError, RuntimeError) as error:  # weights not downloadable: offline, no cache
+        raise ModelUnavailable(
+            f"model {spec!r} could not be loaded ({str(error).splitlines()[0][:200]}); with no "
+            "network, download it once where there is one, or give a local model folder"
+        ) from error
     tokenizer = open_clip.get_tokenizer(name)
     return model.eval(), transform, tokenizer
 

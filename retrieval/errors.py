@@ -32,6 +32,12 @@ class Conflict(RetrievalError):
     status_code = 409
 
 
+class ModelUnavailable(RetrievalError):
+    """The model's weights cannot be had here (not cached, and no network)."""
+
+    status_code = 503
+
+
 class IndexMismatch(RetrievalError):
     """The index was built with another model or preprocessing than the one in use."""
 

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from retrieval.backbone import PadToRatio, build_transform, load_backbone
-from retrieval.errors import BadInput
+from retrieval.cli.main import main
+from retrieval.errors import BadInput, ModelUnavailable
 
 
 def test_local_model_round_trip(micro_model_dir, micro_backbone):
@@ -47,3 +48,11 @@ def test_empty_text_and_truncation(micro_backbone):
 def test_unknown_model_spec_is_a_clear_error():
     with pytest.raises(BadInput, match="unknown model"):
         load_backbone("NoSuchNet-99", device="cpu")
+
+
+def test_a_model_that_cannot_be_downloaded_is_a_clear_error(capsys):
+    """Offline, a pretrained tag that is not cached used to end the CLI in a traceback."""
+    with pytest.raises(ModelUnavailable, match="'ViT-B-32/openai' could not be loaded"):
+        load_backbone("ViT-B-32/openai", device="cpu")
+    assert main(["index", "anywhere", "--out", "nowhere", "--model", "ViT-B-32/openai"]) == 1
+    assert "could not be loaded" in capsys.readouterr().err
