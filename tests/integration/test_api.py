@@ -142,6 +142,13 @@ def test_image_search_by_upload_and_by_item(client):
         client.post(url, files={"file": ("q.txt", b"hello", "text/plain")}), 400, "not an image"
     )
     assert_error(client.post(url, data={"item_id": "nope"}), 404, "no item")
+    two = [
+        ("file", ("a.png", png_file(client), "image/png")),
+        ("file", ("b.png", png_file(client), "image/png")),
+    ]
+    assert_error(client.post(url, files=two), 400, "not 2")  # one of them used to be ignored
+    tags = "/api/collections/demo/tags"
+    assert_error(client.post(tags, files=two), 400, "send one image")
     assert_error(client.post(url), 400, "exactly one")
     both = client.post(
         url, data={"item_id": "red-circle"}, files={"file": ("q.png", png(), "image/png")}

@@ -92,6 +92,24 @@ def test_update_counts_what_the_new_version_holds_and_reports_every_skip(built, 
     assert Index.load(index_dir).manifest["skipped"] == report.as_dict()["skipped"]
 
 
+def test_ids_of_files_sharing_a_stem_survive_updates(tmp_path, micro_backbone):
+    """vase.jpg and vase.webp are two items; deleting one leaves the other under its own id
+    (it used to take over the bare id 'vase', silently pointing old links at another image)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(folder / "vase.jpg")
+    Image.new("RGB", (40, 40), (20, 20, 200)).save(folder / "vase.webp")
+    Image.new("RGB", (40, 40), (20, 200, 20)).save(folder / "bowl.png")
+    build_index(folder, tmp_path / "index", micro_backbone, progress=False)
+    assert sorted(i["id"] for i in Index.load(tmp_path / "index").items) == [
+        "bowl", "vase.jpg", "vase.webp"
+    ]  # fmt: skip
+    (folder / "vase.jpg").unlink()
+    report = update_index(tmp_path / "index", micro_backbone, progress=False)
+    assert sorted(i["id"] for i in report.index.items) == ["bowl", "vase.webp"]
+    assert (report.removed, report.unchanged, report.added) == (1, 2, 0)
+
+
 def test_a_folder_of_unreadable_images_names_them_not_the_server_path(tmp_path, micro_backbone):
     folder = tmp_path / "uploads" / "secret-server-path"
     folder.mkdir(parents=True)

@@ -10,20 +10,21 @@ import io
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Form, Query
+from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import JSONResponse, Response
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from retrieval.explain import Heatmap
 from webapp import analysis
-from webapp.api.deps import MAX_TEXT_CHARS, ItemForm, Params, one_source, read_upload
+from webapp.api.deps import MAX_TEXT_CHARS, ItemForm, Params, one_file_part, one_source, read_upload
 from webapp.api.errors import responses
 from webapp.api.schemas import ExplainResponse, TagsResponse
 
 
 def router(catalog: Catalog, settings: Settings) -> APIRouter:
-    api, params = APIRouter(tags=["analysis"]), Params.of(catalog, settings)
+    api = APIRouter(tags=["analysis"], dependencies=[Depends(one_file_part)])
+    params = Params.of(catalog, settings)
     collection_param, file_param = params.collection, params.image_file
 
     @api.post(

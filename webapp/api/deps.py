@@ -10,7 +10,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import File, Form, Query, Security, UploadFile
+from fastapi import File, Form, Query, Request, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.security import APIKeyHeader
 
@@ -88,6 +88,14 @@ def key_checker(settings: Settings):
             raise Unauthorized(f"missing or wrong API key: send it in the {API_KEY_HEADER} header")
 
     return require_key
+
+
+async def one_file_part(request: Request) -> None:
+    """A request that sends the `file` field twice is refused: one of the two would be ignored."""
+    if "multipart/form-data" in request.headers.get("content-type", ""):
+        count = len((await request.form()).getlist("file"))
+        if count > 1:
+            raise BadInput(f"send one image in the form field 'file', not {count}")
 
 
 def read_upload(upload: UploadFile, limit_mb: int) -> bytes:

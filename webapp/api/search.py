@@ -19,6 +19,7 @@ from webapp.api.deps import (
     MinScore,
     Offset,
     Params,
+    one_file_part,
     one_source,
     read_upload,
 )
@@ -55,7 +56,8 @@ def search_response(request: Request, name: str, result: SearchResult, k: int, o
 
 
 def router(catalog: Catalog, settings: Settings) -> APIRouter:
-    api, params = APIRouter(tags=["search"]), Params.of(catalog, settings)
+    api = APIRouter(tags=["search"], dependencies=[Depends(one_file_part)])
+    params = Params.of(catalog, settings)
     collection_param, k_param, file_param = params.collection, params.k, params.image_file
 
     @api.get(
