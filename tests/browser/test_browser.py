@@ -7,8 +7,10 @@ artifacts/screenshots/. Uses the shipped Shapes collection when it is there, els
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from app import create_app
 from retrieval.catalog import Catalog
 from retrieval.config import SHAPES_INDEX_DIR, Settings
+from tests.helpers import draw_scene
 from tests.ui_fixtures import ServedApp, make_catalog
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -175,3 +178,23 @@ def test_find_similar_tagging_and_explain_tabs(page):
     open_tab(page, "Your collection")
     page.get_by_text("Index my collection").wait_for()
     shot(page, "9-your-collection")
+
+
+def test_an_upload_says_what_it_left_out(page, tmp_path):
+    """A visitor uploads a zip with one broken file: the collection is indexed and the message
+    names the file that was left out, instead of a silently smaller count."""
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        for number, colour in enumerate(("red", "blue", "green")):
+            buffer = io.BytesIO()
+            draw_scene(colour, "circle").save(buffer, format="PNG")
+            opened.writestr(f"photos/{number}-{colour}.png", buffer.getvalue())
+        opened.writestr("photos/broken.png", b"not a picture")
+    open_tab(page, "Your collection")
+    page.locator("#upload-zip input[type=file]").set_input_files(str(archive))
+    page.locator("#upload-name input, #upload-name textarea").first.fill("broken-test")
+    page.locator("#upload-button").click()
+    page.wait_for_function(f"() => {text_of('upload-status')}.includes('left out')")
+    status = page.locator("#upload-status").inner_text()
+    assert "Indexed 3 images" in status and "broken.png" in status
+    shot(page, "7-upload-report")

@@ -88,7 +88,10 @@ def skip_note(skipped: list[dict], shown: int = 10) -> str:
     """What the upload left out and why, so nothing is dropped without a word."""
     if not skipped:
         return ""
-    lines = [f"- `{record['file']}`: {record['reason']}" for record in skipped[:shown]]
+    lines = [
+        f"- `{r['file']}`: {r['reason'].removeprefix(Path(r['file']).name + ': ')}"
+        for r in skipped[:shown]
+    ]
     more = [f"- and {len(skipped) - shown} more"] if len(skipped) > shown else []
     return f"\n\n⚠️ **{len(skipped)}** left out:\n" + "\n".join(lines + more)
 
@@ -147,13 +150,13 @@ def build(settings: Settings) -> SimpleNamespace:
             "tab, for this browser session only."
         )
         with gr.Row():
-            upload_zip = gr.File(label="Images (.zip)", file_types=[".zip"])
+            upload_zip = gr.File(label="Images (.zip)", file_types=[".zip"], elem_id="upload-zip")
             upload_meta = gr.File(
                 label="Metadata (.csv or .jsonl, optional)", file_types=[".csv", ".jsonl"]
             )
-        upload_name = gr.Textbox(label="Name", placeholder="my-photos")
-        upload_button = gr.Button("Index my collection", variant="primary")
-        upload_status = gr.Markdown()
+        upload_name = gr.Textbox(label="Name", placeholder="my-photos", elem_id="upload-name")
+        upload_button = gr.Button("Index my collection", variant="primary", elem_id="upload-button")
+        upload_status = gr.Markdown(elem_id="upload-status")
         with gr.Row():
             archive_button = gr.Button("Download the selected collection's index")
             archive_file = gr.File(label="Index archive", interactive=False)
