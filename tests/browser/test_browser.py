@@ -198,3 +198,18 @@ def test_an_upload_says_what_it_left_out(page, tmp_path):
     status = page.locator("#upload-status").inner_text()
     assert "Indexed 3 images" in status and "broken.png" in status
     shot(page, "7-upload-report")
+
+
+def test_opening_filters_does_not_filter_anything(page, app_url):
+    """Opening "Filters" and touching nothing used to set both years to 0, so every search
+    answered "no item matches the filters"; a single "Year from" said "1600 is after 0"."""
+    open_tab(page, "Text search")
+    page.get_by_text("Filters", exact=True).click()
+    page.get_by_label("Year from").wait_for(state="visible")
+    page.locator("#text-query textarea").fill(app_url[1])
+    page.locator("#text-search").click()
+    assert wait_for_images(page, "text-results") > 0
+    page.get_by_label("Year from").fill("1600")
+    page.locator("#text-search").click()
+    page.wait_for_timeout(1500)
+    assert "is after" not in page.locator("body").inner_text()

@@ -77,8 +77,10 @@ def build(settings) -> SimpleNamespace:
             minimum = gr.Slider(-1, 1, -1, step=0.01, label="Minimum score (-1: no minimum)")
         with gr.Accordion("Filters", open=False), gr.Row():
             artist = gr.Dropdown([], label="Artist", allow_custom_value=True)
-            date_from = gr.Number(None, label="Year from", precision=0)
-            date_to = gr.Number(None, label="Year to", precision=0)
+            # Textboxes, not Numbers: an opened, untouched Number reports 0, which filtered out
+            # everything; empty means no bound.
+            date_from = gr.Textbox(label="Year from", placeholder="e.g. 1600")
+            date_to = gr.Textbox(label="Year to", placeholder="e.g. 1700")
             keyword = gr.Textbox(label="Keyword in title or description")
         gallery, hits = results_gallery("Results", "text-results")
         query_used = gr.State(None)
