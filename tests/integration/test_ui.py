@@ -200,6 +200,16 @@ def test_composed_search_excludes_the_reference_and_returns_its_query(scenes):
         composed_search(scenes, None, "red-circle", " ", "sum")
 
 
+def test_composed_search_with_an_uploaded_reference_image(scenes):
+    """The upload's path used to reach the Searcher as a string and be taken for an item id."""
+    upload = str(scenes.index.image_path("red-circle"))  # what Gradio hands over: a file path
+    _, hits, _, _ = composed_search(scenes, upload, "", "make it blue", "sum", k=4)
+    _, by_item, _, _ = composed_search(scenes, None, "red-circle", "make it blue", "sum", k=5)
+    assert len(hits) == 4
+    from_upload = [h["id"] for h in hits if h["id"] != "red-circle"]  # an upload is not excluded
+    assert from_upload[:3] == [h["id"] for h in by_item][:3]
+
+
 def test_refinement_chain_grows_and_steps_back(scenes):
     first = [{"id": "blue-circle", "rank": 1, "title": "A blue circle", "score": 0.5}]
     chain = push_step([], "red-circle", None, "A red circle", "make it blue", "sum", first)
