@@ -213,3 +213,12 @@ def test_opening_filters_does_not_filter_anything(page, app_url):
     page.locator("#text-search").click()
     page.wait_for_timeout(1500)
     assert "is after" not in page.locator("body").inner_text()
+
+
+def test_the_api_docs_render_without_internet(page, app_url):
+    """/docs and /redoc used to load their scripts from a CDN: blank pages offline (as here)."""
+    for path, ready in (("/docs", ".swagger-ui .opblock"), ("/redoc", "[role=main] h1, h1")):
+        page.goto(app_url[0].rstrip("/") + path)
+        page.locator(ready).first.wait_for(state="visible")
+        assert "Smart Retrieval API" in page.locator("body").inner_text()
+    page.goto(app_url[0])

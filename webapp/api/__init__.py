@@ -12,6 +12,7 @@ heatmaps) and `service` (health, and JSON errors for unknown paths).
 import logging
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from retrieval import __version__
 from retrieval.catalog import Catalog
@@ -35,7 +36,8 @@ DESCRIPTION = (
 def create_api(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     """The REST API over `catalog`; collections load on their first request."""
     settings = settings or Settings.from_env()
-    app = FastAPI(title="Smart Retrieval API", version=__version__, description=DESCRIPTION)
+    # the docs pages' scripts are served from the package, not a CDN: /docs works offline
+    app = FastAPIOffline(title="Smart Retrieval API", version=__version__, description=DESCRIPTION)
     for name in sweep_staging(settings):
         log.info("removed %s, left in the uploads folder by an interrupted upload", name)
     for spec in uploaded_specs(settings):  # collections uploaded before a restart come back
