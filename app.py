@@ -7,6 +7,8 @@ variables. On a Hugging Face Space (SPACE_ID is set) it binds 0.0.0.0 so the Spa
 from __future__ import annotations
 
 import os
+import socket
+import sys
 
 import gradio as gr
 import uvicorn
@@ -30,14 +32,30 @@ def create_app(catalog: Catalog | None = None, settings: Settings | None = None)
 
 
 def bind_address(settings: Settings) -> tuple[str, int]:
-    """SR_HOST/SR_PORT; a Space (SPACE_ID set) must listen on every interface."""
-    host = (
-        "0.0.0.0" if os.environ.get("SPACE_ID") and "SR_HOST" not in os.environ else settings.host
-    )
-    return host, settings.port
+    """SR_HOST/SR_PORT, else Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT; a Space
+    (SPACE_ID set) must listen on every interface."""
+    env = os.environ
+    host = env.get("SR_HOST") or env.get("GRADIO_SERVER_NAME") or settings.host
+    if env.get("SPACE_ID") and "SR_HOST" not in env:
+        host = "0.0.0.0"
+    port = int(env.get("SR_PORT") or env.get("GRADIO_SERVER_PORT") or settings.port)
+    return host, port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":
     settings = Settings.from_env()
     host, port = bind_address(settings)
+    if not port_is_free(host, port):
+        sys.exit(
+            f"port {port} on {host} is in use: stop what runs there, or set SR_PORT to another"
+        )
     uvicorn.run(create_app(settings=settings), host=host, port=port)

@@ -370,6 +370,36 @@ def test_space_binds_every_interface(monkeypatch):
     assert bind_address(Settings())[0] == "127.0.0.1"
     monkeypatch.setenv("SPACE_ID", "org/space")
     assert bind_address(Settings()) == ("0.0.0.0", 7860)
+    monkeypatch.delenv("SR_PORT", raising=False)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7901")  # Gradio's own variable is honoured too
+    assert bind_address(Settings()) == ("0.0.0.0", 7901)
+
+
+def test_a_taken_port_is_a_one_line_hint(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "SR_PORT": str(port),
+            "SR_CACHE_DIR": str(tmp_path),
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+        }
+        done = subprocess.run(
+            [sys.executable, "app.py"],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr and "SR_PORT" in done.stderr
 
 
 def test_item_details_list_tags_from_metadata_strings_and_lists(scenes, monkeypatch):
