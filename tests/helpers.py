@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -80,3 +82,15 @@ def shipped_shapes_recall(method: str) -> dict[str, dict[str, float]]:
         name: evaluate_split(test, backbone, composer, features, progress=False).metrics
         for name, composer in composers.items()
     }
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size but carries almost no data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from app import create_app
 from retrieval.config import Settings
+from tests.helpers import png_header_only
 from tests.ui_fixtures import ServedApp, make_catalog, make_images
 
 PUBLIC_ENDPOINTS = {
@@ -103,6 +104,11 @@ def test_image_search_by_upload_and_by_item(client, served, tmp_path):
     broken.write_bytes(b"not an image at all")
     with pytest.raises(AppError, match="broken.png: not an image file"):
         client.predict("scenes", handle_file(str(broken)), "", 3, -1, api_name="/image_search")
+    for width in (9_000, 20_000):  # 81 Mpx: past the server's limit; 400 Mpx: past PIL's own
+        huge = tmp_path / f"huge-{width}.png"
+        huge.write_bytes(png_header_only(width, width))
+        with pytest.raises(AppError, match=f"huge-{width}.png.*SR_MAX_IMAGE_PIXELS"):
+            client.predict("scenes", handle_file(str(huge)), "", 3, -1, api_name="/image_search")
 
 
 def test_composed_search_then_step_back(served):

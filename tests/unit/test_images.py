@@ -1,8 +1,6 @@
 """Safe decoding: odd but valid images become RGB; broken, hostile or huge ones raise BadInput."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,25 +11,13 @@ from PIL import Image
 from retrieval.config import ImageLimits, Settings
 from retrieval.errors import BadInput, TooLarge
 from retrieval.images import open_image
-from tests.helpers import draw_scene
+from tests.helpers import draw_scene, png_header_only
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a huge size but carries almost no data: a decompression bomb's header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
 SCENE = draw_scene("red", "circle", size=32)

@@ -62,14 +62,23 @@ def clicked_id(hits: list[dict] | None, evt: gr.SelectData) -> str:
 
 # -- components ------------------------------------------------------------------------------
 def readable_image(**options) -> gr.Image:
-    """A file-path gr.Image whose unreadable uploads become a plain message, not a stack trace."""
-    component = gr.Image(type="filepath", **options)
+    """A file-path gr.Image whose unreadable uploads become a plain message, not a stack trace.
+
+    image_mode=None: the file is handed over as it is (no conversion, so no full decode here);
+    `retrieval.images` checks its size against SR_MAX_IMAGE_PIXELS before decoding it."""
+    component = gr.Image(type="filepath", image_mode=None, **options)
     decode = component.preprocess
 
     def preprocess(payload):
         try:
             return decode(payload)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except Image.DecompressionBombError as error:  # far past any limit: PIL's header check
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(
+                f"{name}: too many pixels for this server (SR_MAX_IMAGE_PIXELS); downscale the "
+                "image and try again"
+            ) from error
+        except (OSError, ValueError, SyntaxError) as error:
             name = getattr(payload, "orig_name", None) or "the uploaded file"
             raise gr.Error(
                 f"{name}: not an image file that can be read ({error.__class__.__name__})"
