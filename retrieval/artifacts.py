@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from retrieval.backbone import portable_spec, resolved_spec
-from retrieval.errors import BadInput, NotFound
+from retrieval.backbone import fingerprint_matches, portable_spec, resolved_spec
+from retrieval.errors import BadInput, IndexMismatch, NotFound
 from retrieval.hub import fetch, is_hub_location
 
 
@@ -75,3 +75,17 @@ def load_artifact(
     module = build(config)
     module.load_state_dict(load_file(str(directory / layout.weights)))
     return module.to(device or "cpu").eval()
+
+
+def check_trained_for(backbone, kind: str, config, size_problem: str, command: str) -> None:
+    """Refuse a backbone the artifact was not trained for: other sizes (`size_problem`, empty when
+    the sizes agree), or the same sizes with other weights (the recorded fingerprint differs)."""
+    trained_on = config.model_spec or "another model"
+    retrain = f"train {kind} for this model ({command})"
+    if size_problem:
+        raise IndexMismatch(f"{kind} was trained for {trained_on} ({size_problem}): {retrain}")
+    if not fingerprint_matches(config.model_fingerprint, backbone):
+        raise IndexMismatch(
+            f"{kind} was trained for {trained_on}; the model in use ({backbone.spec}) has the same "
+            f"sizes but different weights: {retrain}"
+        )

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.artifacts import Layout, load_artifact, save_artifact
-from retrieval.backbone import fingerprint_matches
-from retrieval.errors import BadInput, IndexMismatch
+from retrieval.artifacts import Layout, check_trained_for, load_artifact, save_artifact
+from retrieval.errors import BadInput
 
 WEIGHTS_FILE = "combiner.safetensors"
 
@@ -110,17 +109,12 @@ class CombinerComposer:
         if id(backbone.model) in self._checked:
             return
         config = self.combiner.config
-        trained_on = config.model_spec or "another model"
-        if backbone.dim != config.dim:
-            raise IndexMismatch(
-                f"this Combiner was trained on {trained_on} (features {config.dim}); the model in use "
-                f"embeds into {backbone.dim}: train a Combiner for this model (train-combiner)"
-            )
-        if not fingerprint_matches(config.model_fingerprint, backbone):
-            raise IndexMismatch(
-                f"this Combiner was trained on {trained_on}; the model in use ({backbone.spec}) has the "
-                "same dimension but different weights: train a Combiner for it (train-combiner)"
-            )
+        sizes = (
+            f"features {config.dim}; the model in use embeds into {backbone.dim}"
+            if backbone.dim != config.dim
+            else ""
+        )
+        check_trained_for(backbone, "this Combiner", config, sizes, "train-combiner")
         self._checked.add(id(backbone.model))
 
     @torch.no_grad()

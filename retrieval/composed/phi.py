@@ -32,9 +32,9 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 from torch.nn import functional as F
 
-from retrieval.artifacts import Layout, load_artifact, save_artifact
-from retrieval.backbone import fingerprint_matches, model_fingerprint
-from retrieval.errors import BadInput, IndexMismatch
+from retrieval.artifacts import Layout, check_trained_for, load_artifact, save_artifact
+from retrieval.backbone import model_fingerprint
+from retrieval.errors import BadInput
 
 PLACEHOLDER = "$"
 
@@ -284,18 +284,13 @@ class ZeroShotComposer:
         if id(backbone.model) in self._checked:
             return
         config, width = self.phi.config, token_width(backbone.model)
-        trained_on = config.model_spec or "another model"
-        if (config.input_dim, config.token_width) != (backbone.dim, width):
-            raise IndexMismatch(
-                f"phi was trained for {trained_on} (features {config.input_dim}, tokens "
-                f"{config.token_width}); the model in use has features {backbone.dim}, tokens {width}: "
-                "train phi for this model (train-phi)"
-            )
-        if not fingerprint_matches(config.model_fingerprint, backbone):
-            raise IndexMismatch(
-                f"phi was trained for {trained_on}; the model in use ({backbone.spec}) has the same "
-                "sizes but different weights: train phi for this model (train-phi)"
-            )
+        sizes = (
+            f"features {config.input_dim}, tokens {config.token_width}; the model in use has "
+            f"features {backbone.dim}, tokens {width}"
+            if (config.input_dim, config.token_width) != (backbone.dim, width)
+            else ""
+        )
+        check_trained_for(backbone, "phi", config, sizes, "train-phi")
         self._checked.add(id(backbone.model))
 
     @torch.no_grad()
