@@ -90,6 +90,8 @@ class _ImageFiles(Dataset):
             image = self.decode(self.paths[position])
         except BadInput as error:
             return position, None, str(error)
+        if not self.thumb_size:  # features only (research datasets)
+            return position, self.transform(image), b""
         buffer = io.BytesIO()
         thumbnail(image, self.thumb_size).save(buffer, format="JPEG", quality=85)
         return position, self.transform(image), buffer.getvalue()
@@ -121,6 +123,7 @@ def embed_files(
     num_workers: int | None = None,
     progress: bool = True,
     reduced_decode: bool = True,
+    thumbnails: bool = True,
 ) -> EmbeddedBatchResult:
     """Embed every readable image; unreadable ones are reported in `failed`, never fatal."""
     batch_size = batch_size or settings.batch_size
@@ -130,7 +133,7 @@ def embed_files(
         _ImageFiles(
             list(paths),
             backbone.transform,
-            settings.thumb_size,
+            settings.thumb_size if thumbnails else 0,
             backbone.image_size if reduced_decode else None,
             settings.image_limits,
         ),

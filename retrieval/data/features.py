@@ -14,14 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from retrieval.config import DEFAULTS, Settings
 from retrieval.data.composed import ComposedSplit
-from retrieval.embed import worker_init
+from retrieval.embed import embed_files
 from retrieval.errors import BadInput
-from retrieval.images import open_image
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -52,26 +50,6 @@ def _file_key(path: Path) -> str:
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-class _Pixels(Dataset):
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, position: int):
-        try:
-            return position, self.transform(open_image(self.paths[position])), ""
-        except (BadInput, OSError) as error:
-            return position, None, str(error)
-
-
-def _collate(samples):
-    good = [s for s in samples if s[1] is not None]
-    pixels = torch.stack([s[1] for s in good]) if good else None
-    return [s[0] for s in good], pixels, [(s[0], s[2]) for s in samples if s[1] is None]
-
-
 def embed_image_paths(
     backbone,
     paths: list[Path],
@@ -80,30 +58,22 @@ def embed_image_paths(
     progress: bool = True,
     settings: Settings = DEFAULTS,
 ) -> torch.Tensor:
-    """(n, d) normalised float32 features on CPU; any unreadable file is an error (metrics would lie)."""
-    batch_size = batch_size or settings.batch_size
-    workers = settings.num_workers if num_workers is None else num_workers
-    workers = min(workers, os.cpu_count() or 1, len(paths) // batch_size)
-    loader = DataLoader(
-        _Pixels(list(paths), backbone.transform),
-        batch_size=batch_size,
-        num_workers=workers,
-        worker_init_fn=worker_init,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
+    """(n, d) normalised float32 features on CPU, through the serving pipeline (full decode, no
+    thumbnails); any unreadable file is an error here, because metrics would lie."""
+    result = embed_files(
+        backbone,
+        list(paths),
+        settings,
+        batch_size=batch_size or settings.batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        reduced_decode=False,
+        thumbnails=False,
     )
-    features = torch.zeros(len(paths), backbone.dim)
-    failed = []
-    for positions, pixels, bad in tqdm(
-        loader, desc="embed images", disable=not progress, leave=False
-    ):
-        failed += bad
-        if pixels is not None:
-            features[positions] = backbone.encode_image_tensors(pixels).float().cpu()
-    if failed:
-        examples = "; ".join(f"{paths[p]}: {reason}" for p, reason in failed[:3])
-        raise BadInput(f"{len(failed)} images could not be read ({examples})")
-    return features
+    if result.failed:
+        examples = "; ".join(f"{paths[p]}: {reason}" for p, reason in result.failed[:3])
+        raise BadInput(f"{len(result.failed)} images could not be read ({examples})")
+    return torch.from_numpy(result.vectors)
 
 
 class FeatureCache:
