@@ -27,6 +27,11 @@ from webapp.ui.state import sessions_root
 CSS = """
 #detail-panel {position: sticky; top: 0.5rem;}
 #breadcrumbs {min-height: 2rem;}
+/* result galleries: as many columns as the width holds (a fixed 6 hid half the results on phones) */
+.result-gallery .grid-container {
+    grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important;
+    grid-template-rows: none !important;
+}
 """
 
 

@@ -106,7 +106,12 @@ def results_gallery(
 ) -> tuple[gr.Gallery, gr.JSON]:
     """A gallery of thumbnails and, folded away, the same hits as JSON."""
     gallery = gr.Gallery(
-        label=label, columns=GALLERY_COLUMNS, allow_preview=False, elem_id=elem_id, height="auto"
+        label=label,
+        columns=GALLERY_COLUMNS,
+        allow_preview=False,
+        elem_id=elem_id,
+        elem_classes=["result-gallery"],
+        height="auto",
     )
     with gr.Accordion(json_title, open=False):
         hits = gr.JSON(label=json_label)
