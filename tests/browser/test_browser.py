@@ -224,27 +224,20 @@ def test_the_api_docs_render_without_internet(page, app_url):
     page.goto(app_url[0])
 
 
-def test_every_result_is_visible_on_a_phone(app_url, tmp_path):
+def test_every_result_is_visible_on_a_phone(page, app_url):
     """At 390 px the galleries kept 6 columns and clipped the overflow: half the results were
     out of reach. Every result image must lie within the screen's width."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        phone = browser.new_page(viewport={"width": 390, "height": 844})
-        phone.set_default_timeout(TIMEOUT_MS)
-        phone.goto(app_url[0])
-        phone.get_by_role("tab", name="Text search").click()
-        phone.locator("#text-query textarea").fill(app_url[1])
-        phone.locator("#text-search").click()
-        count = wait_for_images(phone, "text-results")
-        boxes = [gallery_images(phone, "text-results").nth(i).bounding_box() for i in range(count)]
-        shot(phone, "8-phone-text-search")
-        browser.close()
+    context = page.context.browser.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    phone.set_default_timeout(TIMEOUT_MS)
+    phone.goto(app_url[0])
+    phone.get_by_role("tab", name="Text search").click()
+    phone.locator("#text-query textarea").fill(app_url[1])
+    phone.locator("#text-search").click()
+    count = wait_for_images(phone, "text-results")
+    boxes = [gallery_images(phone, "text-results").nth(i).bounding_box() for i in range(count)]
+    shot(phone, "8-phone-text-search")
+    context.close()
     assert count == 12
-    inside = [
-        b for b in boxes if b and b["x"] >= 0 and b["x"] + b["width"] <= 390 and b["width"] > 40
-    ]
-    assert len(inside) == count, boxes
+    on_screen = [b for b in boxes if b and b["x"] >= 0 and b["x"] + b["width"] <= 390]
+    assert len(on_screen) == count and all(b["width"] > 40 for b in on_screen), boxes
