@@ -241,3 +241,25 @@ def test_every_result_is_visible_on_a_phone(page, app_url):
     assert count == 12
     on_screen = [b for b in boxes if b and b["x"] >= 0 and b["x"] + b["width"] <= 390]
     assert len(on_screen) == count and all(b["width"] > 40 for b in on_screen), boxes
+
+
+def test_enter_and_example_clicks_run_the_search(page, app_url):
+    """Enter in the modification box used to do nothing, and an example only filled the box."""
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 900})
+    fresh = context.new_page()
+    fresh.set_default_timeout(TIMEOUT_MS)
+    fresh.goto(app_url[0])
+    open_tab(fresh, "Text search")
+    fresh.get_by_text("a large red circle", exact=True).first.click()  # an example of Shapes
+    fresh.wait_for_function(f"() => {field('text-query')} === 'a large red circle'")
+    assert wait_for_images(fresh, "text-results") > 0
+    gallery_images(fresh, "text-results").first.click()
+    fresh.wait_for_function(f"() => {field('selected-id')}.length > 0")
+    item_id = selected_id(fresh)
+    open_tab(fresh, "Composed search")
+    fresh.locator("#ref-item textarea, #ref-item input").first.fill(item_id)
+    modification = fresh.locator("#ref-text textarea, #ref-text input").first
+    modification.fill("make it blue")
+    modification.press("Enter")
+    assert wait_for_images(fresh, "composed-results") > 0
+    context.close()

@@ -152,7 +152,8 @@ def wire_search(tab: SimpleNamespace, shell: Shell) -> None:
         query_used = {"type": "vector", "vector": vector}
         return gallery, hits, steps, breadcrumbs(steps), query_used
 
-    tab.button.click(
+    gr.on(  # the button, or Enter in the text or item box
+        [tab.button.click, tab.text.submit, tab.item.submit],
         search,
         [
             shell.collection,

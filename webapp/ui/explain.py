@@ -66,7 +66,8 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         current = shell.resolve(session, collection_name)
         return explain(current, image, item_id, text or "", method_name, opacity)
 
-    tab.button.click(
+    gr.on(  # the button, or Enter in the text or item box
+        [tab.button.click, tab.text.submit, tab.item.submit],
         explain_image,
         [
             shell.collection,

@@ -67,7 +67,8 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         )
         return gallery, hits, query_used
 
-    tab.button.click(
+    gr.on(  # the button, or Enter in the item box
+        [tab.button.click, tab.item.submit],
         search,
         [shell.collection, tab.image, tab.item, tab.k, tab.minimum, shell.session],
         [tab.gallery, tab.hits, tab.query_used],

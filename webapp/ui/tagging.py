@@ -77,7 +77,8 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
             gr.Warning("no tag reached the threshold; lower it")
         return {t["tag"]: t["score"] for t in found}, found
 
-    tab.button.click(
+    gr.on(  # the button, or Enter in the item box
+        [tab.button.click, tab.item.submit],
         tag_image,
         [
             shell.collection,

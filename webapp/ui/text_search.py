@@ -120,15 +120,12 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         shell.session,
     ]
     outputs = [tab.gallery, tab.hits, tab.query_used]
-    tab.button.click(search, inputs, outputs, api_name="text_search")
-    tab.query.submit(
-        search, inputs, outputs, api_name="text_search_submit", api_visibility="private"
-    )
-    tab.examples.click(
+    gr.on([tab.button.click, tab.query.submit], search, inputs, outputs, api_name="text_search")
+    tab.examples.click(  # an example fills the box and runs the search
         lambda sample_values: sample_values[0],
         tab.examples,
         tab.query,
         api_name="use_example",
         api_visibility="private",
-    )
+    ).then(search, inputs, outputs, api_name="example_search", api_visibility="private")
     detail.follow_clicks(tab.gallery, tab.hits, tab.query_used, "select_text_result")
