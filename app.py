@@ -35,10 +35,10 @@ def bind_address(settings: Settings) -> tuple[str, int]:
     """SR_HOST/SR_PORT, else Gradio's own GRADIO_SERVER_NAME/GRADIO_SERVER_PORT; a Space
     (SPACE_ID set) must listen on every interface."""
     env = os.environ
-    host = env.get("SR_HOST") or env.get("GRADIO_SERVER_NAME") or settings.host
+    host = settings.host if "SR_HOST" in env else env.get("GRADIO_SERVER_NAME", settings.host)
     if env.get("SPACE_ID") and "SR_HOST" not in env:
         host = "0.0.0.0"
-    port = int(env.get("SR_PORT") or env.get("GRADIO_SERVER_PORT") or settings.port)
+    port = settings.port if "SR_PORT" in env else int(env.get("GRADIO_SERVER_PORT", settings.port))
     return host, port
 
 

@@ -62,15 +62,13 @@ def recipe_values(argv: list[str]) -> tuple[str, dict] | None:
 def apply_recipe(command: argparse.ArgumentParser, path: str, values: dict) -> None:
     """Make a recipe's values the command's defaults; an unknown key is an error that names it."""
     actions = {action.dest: action for action in command._actions}
-    for key, value in values.items():
-        action = actions.get(key.replace("-", "_"))
+    given = {key.replace("-", "_"): value for key, value in values.items()}
+    for key, value in given.items():
+        action = actions.get(key)
         if action is None or key == "recipe":
             known = ", ".join(sorted(a for a in actions if a not in ("help", "recipe", "func")))
             raise BadInput(f"recipe {path}: unknown option {key!r}; this command takes {known}")
         action.default, action.required = value, False
     for group in command._mutually_exclusive_groups:  # e.g. --images or --index: the recipe chose
-        if any(
-            action.dest.replace("_", "-") in values or action.dest in values
-            for action in group._group_actions
-        ):
+        if any(action.dest in given for action in group._group_actions):
             group.required = False

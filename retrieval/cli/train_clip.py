@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,7 +87,12 @@ def run_train_clip(args) -> dict:
     model, transform, tokenizer, model_cfg = model_to_train(args.arch, args.init)
     loader, validate = training_data(args, transform, tokenizer)
     cfg = train_config(args, validate is not None)
-    report = train_and_export(model, loader, cfg, args.out, model_cfg, validate, args.fp16)
+    command = (
+        "python -m retrieval " + " ".join(sys.argv[1:])
+        if sys.argv[0].endswith("__main__.py")
+        else " ".join(sys.argv)
+    )
+    report = train_and_export(model, loader, cfg, args.out, model_cfg, validate, args.fp16, command)
     print(
         f"saved {args.out} (best step {report['best_step']}: {report['best_metrics']}); "
         f"{report['samples_per_second']:.0f} samples/s over {report['seconds']:.0f} s"

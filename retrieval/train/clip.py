@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -177,9 +176,17 @@ def pairs_validator(path: str | Path, transform, tokenizer) -> Validate:
 
 
 def train_and_export(
-    model, loader, cfg: TrainConfig, out: str | Path, model_cfg: dict, validate=None, fp16=False
+    model,
+    loader,
+    cfg: TrainConfig,
+    out: str | Path,
+    model_cfg: dict,
+    validate=None,
+    fp16=False,
+    command: str = "",
 ) -> dict:
-    """Contrastive training, then the best checkpoint saved as an open_clip folder + training.json."""
+    """Contrastive training, then the best checkpoint saved as an open_clip folder + training.json
+    (`command`: how the run was started, recorded so it can be repeated)."""
     result = train_clip(model, loader, cfg, validate=validate)
     best = Path(cfg.out_dir) / "best"
     if (best / MODEL_FILE).is_file():
@@ -189,9 +196,7 @@ def train_and_export(
         model = model.half()
     folder = save_backbone(model, model_cfg, out)
     report = {
-        "command": "python -m retrieval " + " ".join(sys.argv[1:])
-        if sys.argv[0].endswith("__main__.py")
-        else " ".join(sys.argv),
+        "command": command,
         "config": asdict(cfg),
         "model_cfg": model_cfg,
         "best_step": result.best_step,
