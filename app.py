@@ -43,7 +43,10 @@ def bind_address(settings: Settings) -> tuple[str, int]:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server can listen there; like uvicorn, a port that a stopped server's
+    connections still hold (TIME_WAIT) counts as free."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

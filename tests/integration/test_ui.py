@@ -15,13 +15,20 @@ from retrieval.config import Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
 from retrieval.index import Index
 from tests.ui_fixtures import make_catalog, make_images
-from webapp.ui.common import guarded, random_sample
-from webapp.ui.composed import breadcrumbs, composed_methods, composed_search, push_step, step_back
+from webapp.ui.common import guarded, keeping, random_sample
+from webapp.ui.composed import (
+    composed_methods,
+    composed_search,
+    go_to_step,
+    push_step,
+    step_back,
+    step_choices,
+)
 from webapp.ui.detail import item_details
 from webapp.ui.explain import explain, explain_query
 from webapp.ui.gallery import browse
 from webapp.ui.image_search import image_search
-from webapp.ui.shell import catalog_overview, collection_summary
+from webapp.ui.shell import catalog_overview, collection_summary, unavailable_message
 from webapp.ui.state import (
     SESSION_PREFIX,
     collection_choices,
@@ -64,8 +71,15 @@ def test_offline_hub_collection_reports_its_reason_and_others_still_work(catalog
         get_collection(catalog, None, "remote")
     overview = catalog_overview(catalog)
     assert "Test scenes" in overview and "ready" in overview
-    assert "Remote (Hub only)" in overview and "unavailable" in overview
+    assert "Remote (Hub only)" in overview and "kept on the Hugging Face Hub" in overview
+    assert "hf-hub:" not in overview  # #15.9: plain words, not the loader's jargon
     assert get_collection(catalog, None, "scenes").name == "scenes"
+    assert collection_choices(catalog, marked=True) == [  # the dropdown marks it too
+        ("Test scenes", "scenes"),
+        ("Remote (Hub only) (unavailable)", "remote"),
+    ]
+    message = unavailable_message(catalog, "remote", catalog.status("remote"))
+    assert message.count("not in the local cache") == 1 and "<details>" in message
 
 
 def test_unknown_and_foreign_session_collections_are_refused(catalog):
@@ -215,10 +229,10 @@ def test_refinement_chain_grows_and_steps_back(scenes):
     chain = push_step([], "red-circle", None, "A red circle", "make it blue", "sum", first)
     second = [{"id": "blue-square", "rank": 1, "title": "A blue square", "score": 0.4}]
     chain = push_step(chain, "blue-circle", None, "A blue circle", "square", "sum", second)
-    crumbs = breadcrumbs(chain, "A blue square")
-    assert crumbs == (
-        "**A red circle** + “make it blue” → **A blue circle** + “square” → **A blue square**"
-    )
+    assert step_choices(chain) == [
+        ("1. A red circle + “make it blue” (sum)", 0),
+        ("2. A blue circle + “square” (sum)", 1),
+    ]
     shorter, last, hits = step_back(chain)
     assert len(shorter) == 1 and last["id"] == "blue-circle" and last["text"] == "square"
     assert hits == first
@@ -226,6 +240,29 @@ def test_refinement_chain_grows_and_steps_back(scenes):
     assert shorter == [] and last["id"] == "red-circle" and hits == []
     with pytest.raises(BadInput):
         step_back(shorter)
+
+
+def test_another_try_from_the_same_reference_does_not_repeat_a_breadcrumb():
+    """#15.5: changing the method and searching again added the same reference a second time."""
+    hits = [{"id": "blue-circle", "rank": 1, "title": "A blue circle", "score": 0.5}]
+    chain = push_step([], "red-circle", None, "A red circle", "make it blue", "sum", hits)
+    chain = push_step(chain, "red-circle", None, "A red circle", "make it blue", "combiner", hits)
+    assert step_choices(chain) == [("1. A red circle + “make it blue” (combiner)", 0)]
+    upload = push_step([], None, "/tmp/mine.png", "your image", "make it blue", "sum", hits)
+    upload = push_step(upload, None, "/tmp/mine.png", "your image", "bluer", "sum", hits)
+    assert len(upload) == 1 and upload[0]["text"] == "bluer"
+
+
+def test_a_clicked_breadcrumb_goes_back_to_its_step():
+    chain = []
+    for number, item in enumerate(("red-circle", "blue-circle", "blue-square")):
+        chain = push_step(chain, item, None, item, f"change {number}", "sum", [])
+    shorter, step = go_to_step(chain, 1)
+    assert [s["id"] for s in shorter] == ["red-circle", "blue-circle"] and step[
+        "text"
+    ] == "change 1"
+    with pytest.raises(BadInput, match="no longer in the trail"):
+        go_to_step(chain, 3)
 
 
 # -- tagging and explanations ----------------------------------------------------------------
@@ -362,6 +399,21 @@ def test_guarded_turns_user_errors_into_messages():
         guarded(crashes)()
 
 
+def test_a_failed_ui_event_keeps_what_was_shown(monkeypatch):
+    """#15.5: a raised gr.Error covered every output with "Error" and hid the last results; a
+    UI event now says why in a message and leaves each output as it was."""
+    shown = []
+    monkeypatch.setattr(gr, "Warning", lambda message, **options: shown.append(message))
+
+    def fails(_text):
+        raise BadInput("the text query is empty")
+
+    kept = keeping(fails, 3)("  ")
+    assert len(kept) == 3 and all(value == gr.skip() for value in kept)
+    assert shown == ["the text query is empty"]
+    assert keeping(lambda: "fine", 1)() == "fine"
+
+
 def test_space_binds_every_interface(monkeypatch):
     from app import bind_address
 
@@ -411,3 +463,35 @@ def test_item_details_list_tags_from_metadata_strings_and_lists(scenes, monkeypa
     monkeypatch.setitem(item, "tags", ["baroque", {"tag": "oil paint", "score": 0.5}])
     _, card = item_details(scenes, "red-square")
     assert "**Tags:** baroque, oil paint" in card
+
+
+def test_pushing_needs_a_token(scenes, monkeypatch):
+    from webapp.ui import your_collection
+
+    monkeypatch.setattr(your_collection, "get_token", lambda: None)
+    with pytest.raises(BadInput, match="token"):
+        your_collection.push_to_hub(scenes, "org/name", "", True)
+    with pytest.raises(BadInput, match="org/name"):
+        your_collection.push_to_hub(scenes, "just-a-name", "hf_x", True)
+
+
+def test_an_unreadable_upload_reaches_the_handler_which_names_it(scenes, tmp_path):
+    """An unreadable upload failed in Gradio's preprocessing, before any handler, so the page
+    marked every output "Error" (#15.5); it now reaches the handler, whose message names it.
+    An oversized one is refused from its header, never decoded (#15.10)."""
+    from gradio.data_classes import FileData
+
+    from tests.helpers import png_header_only
+    from webapp.ui.common import readable_image
+
+    with gr.Blocks():
+        component = readable_image(label="query")
+    broken = tmp_path / "holiday.png"
+    broken.write_bytes(b"not a picture")
+    huge = tmp_path / "scan-13000.png"
+    huge.write_bytes(png_header_only(13_000, 13_000))
+    for upload, refusal in ((broken, "holiday.png: not an image file"), (huge, "scan-13000.png: 13000x13000 pixels")):  # fmt: skip
+        handed_over = component.preprocess(FileData(path=str(upload), orig_name=upload.name))
+        assert handed_over == str(upload)
+        with pytest.raises((BadInput, TooLarge), match=refusal):
+            image_search(scenes, handed_over, None)

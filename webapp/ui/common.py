@@ -14,23 +14,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput, RetrievalError
 from retrieval.search import SearchResult
+from webapp.ui.i18n import t
 
 GALLERY_COLUMNS = 6
 PAGE_SIZE = 24
 
 GalleryItems = list[tuple[str, str]]
+# no "share": it posts to Spaces discussions and fails everywhere else
+IMAGE_BUTTONS = ["download", "fullscreen"]
 
 log = logging.getLogger(__name__)
 
 
 # -- events ----------------------------------------------------------------------------------
+def _explained(fn_name: str, error: Exception) -> tuple[str, str]:
+    """(title, message) for a failed event: a user's mistake is one log line, a bug a traceback."""
+    if isinstance(error, RetrievalError):
+        log.info("UI %s: %s: %s", fn_name, type(error).__name__, error)
+        return ERROR_TITLES.get(type(error).__name__, "Cannot do that"), str(error)
+    log.exception("UI event %s failed", fn_name)
+    return "Error", f"Something went wrong: {type(error).__name__}: {error}"
+
+
+ERROR_TITLES = {"BadInput": "Check the input", "NotFound": "Not found", "TooLarge": "Too large"}
+
+
 def guarded(fn):
-    """Errors a user can cause become a message box; anything else is logged, never a crash."""
+    """For API endpoints: errors become gr.Error, which gradio_client raises as AppError."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -38,14 +52,45 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except RetrievalError as error:  # the user's to fix: one log line, no traceback
-            log.info("UI %s: %s: %s", fn.__name__, type(error).__name__, error)
-            raise gr.Error(str(error), title=type(error).__name__, print_exception=False) from error
         except Exception as error:
-            log.exception("UI event %s failed", fn.__name__)
-            raise gr.Error(f"Something went wrong: {type(error).__name__}: {error}") from error
+            title, message = _explained(fn.__name__, error)
+            raise gr.Error(message, title=title, print_exception=False) from error
 
     return wrapper
+
+
+def keeping(fn, outputs: int):
+    """For UI events: an error becomes a message and every output keeps what it showed.
+
+    (A raised gr.Error would cover each output with "Error" and hide the last good results.)"""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            if isinstance(error, gr.Error):
+                title, message = error.title or "Cannot do that", error.message
+            else:
+                title, message = _explained(fn.__name__, error)
+            gr.Warning(message, title=title)
+            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
+
+    return wrapper
+
+
+def listen(triggers, fn, inputs, outputs, api_name: str, **options):
+    """Wire a UI event: `keeping` its outputs on errors, callable by gradio_client but left out
+    of the API page and the MCP tools (the typed endpoints of `webapp.ui.endpoints` are those)."""
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    triggers = triggers if isinstance(triggers, list) else [triggers]
+    options.setdefault("api_visibility", "undocumented")
+    return gr.on(triggers, keeping(fn, len(outputs)), inputs, outputs, api_name=api_name, **options)
+
+
+def updates(components: list, values) -> dict:
+    """{component: value}: what a link's `open_view` shows, by component."""
+    return dict(zip(components, values, strict=True))
 
 
 def warn(notes: list[str]) -> None:
@@ -62,59 +107,81 @@ def clicked_id(hits: list[dict] | None, evt: gr.SelectData) -> str:
 
 # -- components ------------------------------------------------------------------------------
 def readable_image(**options) -> gr.Image:
-    """A file-path gr.Image whose unreadable uploads become a plain message, not a stack trace.
+    """A file-path gr.Image that hands an uploaded file to the handler as it came.
 
-    image_mode=None: the file is handed over as it is (no conversion, so no full decode here);
-    `retrieval.images` checks its size against SR_MAX_IMAGE_PIXELS before decoding it."""
-    component = gr.Image(type="filepath", image_mode=None, **options)
+    `retrieval.images` then reads it (size from the header first) inside the handler, so a
+    broken or oversized upload gets a message naming the file while the page keeps its results;
+    failing in Gradio's own preprocessing would mark every output "Error"."""
+    component = gr.Image(type="filepath", image_mode=None, buttons=IMAGE_BUTTONS, **options)
     decode = component.preprocess
 
-    def preprocess(payload):
-        try:
-            return decode(payload)
-        except Image.DecompressionBombError as error:  # far past any limit: PIL's header check
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(
-                f"{name}: too many pixels for this server (SR_MAX_IMAGE_PIXELS); downscale the "
-                "image and try again"
-            ) from error
-        except (OSError, ValueError, SyntaxError) as error:
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(
-                f"{name}: not an image file that can be read ({error.__class__.__name__})"
-            ) from error
+    def hand_over(payload):
+        if payload is None or not payload.path:
+            return decode(payload)  # nothing, or a data: URL that Gradio writes to a file
+        return payload.path
 
-    component.preprocess = preprocess  # an instance attribute: no subclass, no generated .pyi
+    component.preprocess = hand_over  # an instance attribute: no subclass, no generated .pyi
     return component
 
 
 @contextmanager
 def image_or_item(
-    label: str, item_elem_id: str, webcam: bool = False
+    label, item_elem_id: str, webcam: bool = False
 ) -> Iterator[tuple[gr.Image, gr.Textbox]]:
     """An image input and beside it an item-id box; the tab's own controls go below the box."""
     sources = ["upload", "clipboard", "webcam"] if webcam else ["upload", "clipboard"]
     with gr.Row():
-        image = readable_image(label=label, sources=sources, height=260)
-        with gr.Column():
-            item = gr.Textbox(label="…or an item of the collection (id)", elem_id=item_elem_id)
+        image = readable_image(
+            label=label,
+            sources=sources,
+            height=300,
+            min_width=260,
+            alt_text="the query image",
+            elem_classes=["large-image"],
+            elem_id=f"{item_elem_id}-image",
+        )
+        with gr.Column(min_width=260):
+            item = gr.Textbox(label=t("or_item"), elem_id=item_elem_id)
             yield image, item
 
 
+def wire_item_box(shell, image: gr.Image, item: gr.Textbox, name: str) -> None:
+    """A typed item id shows that item in the image box (so you see what you query); an
+    uploaded image clears the id (so the upload is what gets searched)."""
+
+    def preview(collection_name, item_id, session):
+        item_id = (item_id or "").strip()
+        if not item_id:
+            return gr.skip()
+        return str(shell.resolve(session, collection_name).index.image_path(item_id))
+
+    listen(
+        item.blur,
+        preview,
+        [shell.collection, item, shell.session],
+        image,
+        api_name=f"preview_{name}_item",
+        api_visibility="private",
+    )
+    image.upload(lambda _: "", image, item, api_name=f"clear_{name}_item", api_visibility="private")
+
+
 def results_gallery(
-    label: str, elem_id: str, json_title: str = "Results as JSON", json_label: str = "Hits"
+    label, elem_id: str, json_title=None, json_label=None
 ) -> tuple[gr.Gallery, gr.JSON]:
     """A gallery of thumbnails and, folded away, the same hits as JSON."""
     gallery = gr.Gallery(
         label=label,
+        show_label=False,  # a label box would cover the first result (screen readers still read it)
         columns=GALLERY_COLUMNS,
         allow_preview=False,
         elem_id=elem_id,
         elem_classes=["result-gallery"],
         height="auto",
+        buttons=["download_all", "fullscreen"],
     )
-    with gr.Accordion(json_title, open=False):
-        hits = gr.JSON(label=json_label)
+    with gr.Accordion(json_title or t("results_as_json"), open=False):
+        hits = gr.JSON(label=json_label or t("hits"))
     return gallery, hits
 
 

@@ -1,10 +1,9 @@
 """Composed search tab: a reference image plus a change in words, refined step by step.
 
-Clicking a result makes it the next reference; the steps so far show as breadcrumbs and
-"Step back" undoes the last one. It also answers the detail panel's "Use as reference".
+Clicking a result makes it the next reference; the steps so far show as breadcrumbs (click
+one to go back to it) and "Step back" undoes the last one. It also answers the detail panel's "Use as reference".
 """
 
-import html
 from types import SimpleNamespace
 
 import gradio as gr
@@ -15,19 +14,20 @@ from webapp.ui.common import (
     GalleryItems,
     clicked_id,
     empty_note,
-    guarded,
     hits_of,
     image_or_item,
+    listen,
     pick_random,
     reference_of,
     results_gallery,
     to_gallery,
+    updates,
     warn,
+    wire_item_box,
 )
-from webapp.ui.detail import Detail, item_details
+from webapp.ui.detail import Detail, item_details, shown_image
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
-
-NO_STEPS = "No refinement steps yet."
 
 
 def composed_methods(collection: Collection) -> list[str]:
@@ -61,8 +61,12 @@ def push_step(
     text: str,
     method: str,
     hits: list[dict],
+    query: dict | None = None,
 ) -> list[dict]:
-    """A new chain with one more refinement step (the old list is left as it was)."""
+    """A new chain with this search as its last step (the old list is left as it was).
+
+    A search from the same reference as the last step (another method, a reworded change)
+    replaces that step: it is a second try, not a refinement, so the trail does not repeat."""
     step = {
         "id": item_id or None,
         "image": image if not item_id else None,
@@ -70,8 +74,12 @@ def push_step(
         "text": text.strip(),
         "method": method,
         "hits": hits,
+        "query": query,
     }
-    return [*(chain or []), step]
+    chain = list(chain or [])
+    if chain and (chain[-1]["id"], chain[-1]["image"]) == (step["id"], step["image"]):
+        chain.pop()
+    return [*chain, step]
 
 
 def reference_title(collection: Collection, item_id: str | None) -> str:
@@ -80,14 +88,20 @@ def reference_title(collection: Collection, item_id: str | None) -> str:
     return "your image"
 
 
-def breadcrumbs(chain: list[dict] | None, current_title: str | None = None) -> str:
-    """reference + “text” → reference + “text” → current reference."""
-    parts = [
-        f"**{html.escape(step['title'])}** + “{html.escape(step['text'])}”" for step in chain or []
+def step_choices(chain: list[dict] | None) -> list[tuple[str, int]]:
+    """One clickable breadcrumb per step: "1. reference + “change” (method)"."""
+    return [
+        (f"{number}. {step['title']} + “{step['text']}” ({step['method']})", number - 1)
+        for number, step in enumerate(chain or [], start=1)
     ]
-    if current_title:
-        parts.append(f"**{html.escape(current_title)}**")
-    return " → ".join(parts) if parts else NO_STEPS
+
+
+def trail(chain: list[dict] | None) -> gr.Radio:
+    return gr.Radio(choices=step_choices(chain), value=None, label=trail_label(chain))
+
+
+def trail_label(chain: list[dict] | None):
+    return t("steps") if chain else t("no_steps")
 
 
 def step_back(chain: list[dict] | None) -> tuple[list[dict], dict | None, list[dict]]:
@@ -99,29 +113,45 @@ def step_back(chain: list[dict] | None) -> tuple[list[dict], dict | None, list[d
     return shorter, last, previous_hits
 
 
+def go_to_step(chain: list[dict] | None, index) -> tuple[list[dict], dict]:
+    """Back to step `index` (a clicked breadcrumb): the steps after it are dropped."""
+    chain = chain or []
+    if index is None or not 0 <= int(index) < len(chain):
+        raise BadInput("that step is no longer in the trail; search again")
+    return chain[: int(index) + 1], chain[int(index)]
+
+
 # -- the tab ---------------------------------------------------------------------------------
 def build(settings, first: Collection | None) -> SimpleNamespace:
     methods = composed_methods(first) if first else ["sum"]
-    with gr.Tab("Composed search", id="composed"):
-        gr.Markdown(
-            "Start from a reference image and say what to change. Click a result "
-            "to make it the new reference and keep refining."
-        )
-        with image_or_item("Reference image", "ref-item", webcam=True) as (image, item):
-            pick = gr.Button("Pick a random reference", size="sm")
+    with gr.Tab(t("tab_composed"), id="composed") as page_tab:
+        gr.Markdown(t("composed_intro"))
+        with image_or_item(t("reference_image"), "ref-item", webcam=True) as (image, item):
+            pick = gr.Button(t("pick_random_reference"), size="sm")
             text = gr.Textbox(
-                label="Modification", placeholder="e.g. make it red", elem_id="ref-text"
+                label=t("modification"), placeholder="e.g. make it red", elem_id="ref-text"
             )
-            method = gr.Dropdown(methods, value=methods[0], label="Method", allow_custom_value=True)
-            k = gr.Slider(1, settings.max_k, 12, step=1, label="Results")
+            method = gr.Dropdown(
+                methods,
+                value=methods[0],
+                label=t("method"),
+                allow_custom_value=True,
+                elem_id="composed-method",
+            )
+            k = gr.Slider(1, settings.max_k, 12, step=1, label=t("results"))
             with gr.Row():
-                button = gr.Button("Search", variant="primary", elem_id="composed-search")
-                back_button = gr.Button("↩ Step back")
-        crumbs = gr.Markdown(NO_STEPS, elem_id="breadcrumbs")
-        gallery, hits = results_gallery("Results (click one to refine from it)", "composed-results")
+                button = gr.Button(t("search"), variant="primary", elem_id="composed-search")
+                back_button = gr.Button(t("step_back"), elem_id="step-back")
+        crumbs = gr.Radio([], label=t("no_steps"), elem_id="breadcrumbs", interactive=True)
+        gallery, hits = results_gallery(t("composed_results"), "composed-results")
+        gr.Markdown(
+            t("score_note_composed"), elem_classes=["score-note"], elem_id="composed-score-note"
+        )
         chain = gr.State([])
         query_used = gr.State(None)
     follows = [method]
+    link_fields = {"ref": item, "text": text, "method": method}
+    shown = hits  # changes after a search: the link follows
     return SimpleNamespace(**locals())
 
 
@@ -133,26 +163,44 @@ def follow(collection: Collection | None) -> tuple:
     return (gr.Dropdown(choices=methods, value=methods[0]),)
 
 
+def run_step(current: Collection, image, item_id, text, method_name, k, steps) -> tuple:
+    """One search: (reference shown, gallery, hits, longer chain, trail, query for "why")."""
+    gallery, hits, notes, vector = composed_search(current, image, item_id, text, method_name, k)
+    warn(notes)
+    item_id = (item_id or "").strip() or None
+    title = reference_title(current, item_id)
+    query_used = {"type": "vector", "vector": vector}
+    steps = push_step(steps, item_id, image, title, text, method_name, hits, query_used)
+    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
+    return shown, gallery, hits, steps, trail(steps), query_used
+
+
+def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
+    """A link's reference, change and method, searched as a first step."""
+    methods = composed_methods(collection)
+    method = view.method if view.method in methods else methods[0]
+    found = run_step(collection, None, view.ref, view.text, method, 12, [])
+    return {
+        tab.item: view.ref,
+        tab.text: view.text,
+        tab.method: method,
+        **updates(tab.search_outputs, found),
+    }
+
+
 def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
+    tab.search_outputs = [tab.image, tab.gallery, tab.hits, tab.chain, tab.crumbs, tab.query_used]
     wire_search(tab, shell)
+    wire_steps(tab, shell)
     wire_refinement(tab, shell, detail)
 
 
 def wire_search(tab: SimpleNamespace, shell: Shell) -> None:
-    @guarded
     def search(collection_name, image, item_id, text, method_name, k, steps, session):
         current = shell.resolve(session, collection_name)
-        gallery, hits, notes, vector = composed_search(
-            current, image, item_id, text, method_name, k
-        )
-        warn(notes)
-        item_id = (item_id or "").strip() or None
-        title = reference_title(current, item_id)
-        steps = push_step(steps, item_id, image, title, text, method_name, hits)
-        query_used = {"type": "vector", "vector": vector}
-        return gallery, hits, steps, breadcrumbs(steps), query_used
+        return run_step(current, image, item_id, text, method_name, k, steps)
 
-    gr.on(  # the button, or Enter in the text or item box
+    listen(  # the button, or Enter in the text or item box
         [tab.button.click, tab.text.submit, tab.item.submit],
         search,
         [
@@ -165,55 +213,65 @@ def wire_search(tab: SimpleNamespace, shell: Shell) -> None:
             tab.chain,
             shell.session,
         ],
-        [tab.gallery, tab.hits, tab.chain, tab.crumbs, tab.query_used],
-        api_name="composed_search",
+        tab.search_outputs,
+        api_name="ui_composed_search",
     )
+    wire_item_box(shell, tab.image, tab.item, "reference")
 
-    @guarded
+
+def wire_steps(tab: SimpleNamespace, shell: Shell) -> None:
+    """ "Step back" and the clickable breadcrumbs."""
+    restored = [tab.image, tab.item, tab.text, tab.method, tab.gallery, tab.hits]
+
+    def restore(current: Collection, step: dict, hits: list[dict]) -> tuple:
+        image = str(current.index.image_path(step["id"])) if step["id"] else step["image"]
+        gallery = to_gallery(current, hits)
+        return image, step["id"] or "", step["text"], step["method"], gallery, hits
+
     def composed_back(collection_name, steps, session):
         current = shell.resolve(session, collection_name)
         steps, last, hits = step_back(steps)
-        image = str(current.index.image_path(last["id"])) if last["id"] else last["image"]
-        gallery = to_gallery(current, hits)
-        crumbs = breadcrumbs(steps, last["title"])
-        return image, last["id"] or "", last["text"], last["method"], gallery, hits, steps, crumbs
+        return *restore(current, last, hits), steps, trail(steps)
 
-    tab.back_button.click(
+    listen(
+        tab.back_button.click,
         composed_back,
         [shell.collection, tab.chain, shell.session],
-        [
-            tab.image,
-            tab.item,
-            tab.text,
-            tab.method,
-            tab.gallery,
-            tab.hits,
-            tab.chain,
-            tab.crumbs,
-        ],
+        [*restored, tab.chain, tab.crumbs],
         api_name="composed_back",
+    )
+
+    def jump(collection_name, steps, index, session):
+        current = shell.resolve(session, collection_name)
+        steps, step = go_to_step(steps, index)
+        return *restore(current, step, step["hits"]), steps, trail(steps), step["query"]
+
+    listen(
+        tab.crumbs.input,
+        jump,
+        [shell.collection, tab.chain, tab.crumbs, shell.session],
+        [*restored, tab.chain, tab.crumbs, tab.query_used],
+        api_name="composed_go_to_step",
     )
 
 
 def wire_refinement(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
-    """New references: a clicked result, a random item, the detail panel's item, an upload."""
+    """New references: a clicked result, a random item, the detail panel's item."""
 
-    @guarded
-    def refine_from(hits, collection_name, steps, session, query_used, evt: gr.SelectData):
+    def refine_from(hits, collection_name, session, query_used, evt: gr.SelectData):
         item_id = clicked_id(hits, evt)
         current = shell.resolve(session, collection_name)
         image, card = item_details(current, item_id)
-        crumb = breadcrumbs(steps, reference_title(current, item_id))
-        return image, item_id, "", crumb, image, card, item_id, query_used
+        return image, item_id, "", shown_image(image, card), card, item_id, query_used
 
-    tab.gallery.select(
+    listen(
+        tab.gallery.select,
         refine_from,
-        [tab.hits, shell.collection, tab.chain, shell.session, tab.query_used],
+        [tab.hits, shell.collection, shell.session, tab.query_used],
         [
             tab.image,
             tab.item,
             tab.text,
-            tab.crumbs,
             detail.image,
             detail.card,
             detail.selected_id,
@@ -223,13 +281,12 @@ def wire_refinement(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         api_visibility="private",
     )
 
-    @guarded
     def pick_reference(collection_name, session):
-        current = shell.resolve(session, collection_name)
-        image, item_id = pick_random(current)
-        return image, item_id, [], breadcrumbs([], reference_title(current, item_id))
+        image, item_id = pick_random(shell.resolve(session, collection_name))
+        return image, item_id, [], trail([])
 
-    tab.pick.click(
+    listen(
+        tab.pick.click,
         pick_reference,
         [shell.collection, shell.session],
         [tab.image, tab.item, tab.chain, tab.crumbs],
@@ -237,20 +294,25 @@ def wire_refinement(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         api_visibility="private",
     )
 
-    @guarded
     def use_as_reference(collection_name, item_id, session):
-        current = shell.resolve(session, collection_name)
-        image, _ = item_details(current, item_id)
-        crumbs = breadcrumbs([], reference_title(current, item_id.strip()))
-        return gr.Tabs(selected="composed"), image, item_id.strip(), [], crumbs, [], []
+        image, _ = item_details(shell.resolve(session, collection_name), item_id)
+        chosen = gr.Tabs(selected="composed")
+        return chosen, "composed", image, item_id.strip(), [], trail([]), [], []
 
-    detail.reference_button.click(
+    listen(
+        detail.reference_button.click,
         use_as_reference,
         [shell.collection, detail.selected_id, shell.session],
-        [shell.tabs, tab.image, tab.item, tab.chain, tab.crumbs, tab.gallery, tab.hits],
+        [
+            shell.tabs,
+            shell.current_tab,
+            tab.image,
+            tab.item,
+            tab.chain,
+            tab.crumbs,
+            tab.gallery,
+            tab.hits,
+        ],
         api_name="use_as_reference",
         api_visibility="private",
-    )
-    tab.image.upload(
-        lambda _: "", tab.image, tab.item, api_name="clear_reference_item", api_visibility="private"
     )

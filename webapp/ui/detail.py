@@ -13,7 +13,8 @@ import gradio as gr
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput
 from retrieval.search import tag_names
-from webapp.ui.common import clicked_id, guarded
+from webapp.ui.common import IMAGE_BUTTONS, clicked_id, listen
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
 
@@ -36,7 +37,7 @@ class Detail:
 
     def show_item(self, collection_name, item_id, session):
         image, card = item_details(self.shell.resolve(session, collection_name), item_id)
-        return image, card, gr.update(visible=False), ""
+        return shown_image(image, card), card, gr.Image(visible=False), ""
 
     def follow_clicks(self, gallery: gr.Gallery, hits: gr.JSON, query, api_name: str) -> None:
         """A click on `gallery` shows that item here and remembers the query that found it."""
@@ -45,29 +46,59 @@ class Detail:
             item_id = clicked_id(hits, evt)
             return (*self.show_item(collection_name, item_id, session), item_id, query)
 
-        gallery.select(
-            guarded(on_select),
+        listen(
+            gallery.select,
+            on_select,
             [hits, self.shell.collection, self.shell.session, query or gr.State(None)],
             [*self.outputs, self.selected_id, self.selected_query],
             api_name=api_name,
             api_visibility="private",
-        )
+        ).then(None, js=SCROLL_TO_PANEL_ON_PHONES)
+
+
+# on a phone the panel sits below the results: bring it into view, or a click seems to do nothing
+SCROLL_TO_PANEL_ON_PHONES = """() => {
+  if (window.innerWidth < 768) {
+    document.getElementById('detail-panel')?.scrollIntoView({behavior: 'smooth', block: 'start'});
+  }
+}"""
+
+
+def shown_image(path: str, card: str) -> gr.Image:
+    """The item's image, with its title as the alt text for screen readers."""
+    title = card.splitlines()[0].removeprefix("### ") if card else ""
+    return gr.Image(path, alt_text=html.unescape(title) or "selected item", visible=True)
 
 
 def build(shell: Shell) -> Detail:
     """The panel's components (inside its gr.Column)."""
     selected_query = gr.State(None)
-    image = gr.Image(label="Selected item", interactive=False, height=360)
-    card = gr.Markdown("Click an image to see its details.")
-    selected_id = gr.Textbox(label="Item id", elem_id="selected-id")
-    with gr.Row():
-        similar_button = gr.Button("Find similar", size="sm", elem_id="find-similar")
-        reference_button = gr.Button("Use as reference", size="sm", elem_id="use-as-reference")
-        why_button = gr.Button("Why this result?", size="sm", elem_id="why-button")
-    why_image = gr.Image(
-        label="Why this result?", interactive=False, visible=False, elem_id="why-image"
+    image = gr.Image(
+        label=t("selected_item"),
+        interactive=False,
+        visible=False,  # until an item is chosen: an empty frame only pushes the rest down
+        height=360,
+        buttons=IMAGE_BUTTONS,
+        elem_classes=["large-image"],
+        elem_id="detail-image",
     )
-    why_note = gr.Markdown()
+    card = gr.Markdown(t("click_hint"), elem_id="detail-card")
+    selected_id = gr.Textbox(label=t("item_id"), elem_id="selected-id")
+    with gr.Row():
+        similar_button = gr.Button(t("find_similar"), size="sm", elem_id="find-similar")
+        reference_button = gr.Button(t("use_as_reference"), size="sm", elem_id="use-as-reference")
+        why_button = gr.Button(t("why_this_result"), size="sm", elem_id="why-button")
+    why_image = gr.Image(
+        label=t("why_this_result"),
+        show_label=False,  # a label would cover the top of the heatmap
+        interactive=False,
+        visible=False,
+        height=360,
+        buttons=IMAGE_BUTTONS,
+        elem_classes=["large-image"],
+        elem_id="why-image",
+    )
+    why_note = gr.Markdown(elem_id="why-note")
     return Detail(
         shell,
         image,
@@ -84,8 +115,9 @@ def build(shell: Shell) -> Detail:
 
 def wire(detail: Detail) -> None:
     """Typing an id (or calling /item_details) shows that item."""
-    detail.selected_id.submit(
-        guarded(detail.show_item),
+    listen(
+        detail.selected_id.submit,
+        detail.show_item,
         [detail.shell.collection, detail.selected_id, detail.shell.session],
         detail.outputs,
         api_name="item_details",

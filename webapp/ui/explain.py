@@ -14,8 +14,16 @@ from retrieval.catalog import Collection
 from retrieval.errors import BadInput
 from retrieval.explain import METHODS
 from webapp import analysis
-from webapp.ui.common import guarded, image_or_item, reference_of
+from webapp.ui.common import (
+    IMAGE_BUTTONS,
+    image_or_item,
+    listen,
+    reference_of,
+    updates,
+    wire_item_box,
+)
 from webapp.ui.detail import Detail
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
 
@@ -49,24 +57,49 @@ def explain(
 
 
 def build() -> SimpleNamespace:
-    with gr.Tab("Explain", id="explain"):
-        with image_or_item("Image", "explain-item") as (image, item):
-            text = gr.Textbox(label="Explain against this text", elem_id="explain-text")
-            method = gr.Radio(list(METHODS), value="auto", label="Method")
-            opacity = gr.Slider(0, 1, 0.5, step=0.05, label="Opacity")
-            button = gr.Button("Explain", variant="primary", elem_id="explain-button")
-        output = gr.Image(label="Relevance heatmap", interactive=False, elem_id="explain-output")
-        note = gr.Markdown()
+    with gr.Tab(t("tab_explain"), id="explain") as page_tab:
+        with image_or_item(t("image"), "explain-item") as (image, item):
+            text = gr.Textbox(label=t("explain_against"), elem_id="explain-text")
+            method = gr.Radio(list(METHODS), value="auto", label=t("method"))
+            opacity = gr.Slider(0, 1, 0.5, step=0.05, label=t("opacity"))
+            button = gr.Button(t("explain"), variant="primary", elem_id="explain-button")
+        output = gr.Image(
+            label=t("heatmap"),
+            show_label=False,  # a label would cover the top of the heatmap
+            interactive=False,
+            height=420,
+            buttons=IMAGE_BUTTONS,
+            elem_classes=["large-image"],
+            elem_id="explain-output",
+        )
+        note = gr.Markdown(elem_id="explain-note")
+    link_fields = {"item": item, "text": text}
+    shown = note  # changes after an explanation: the link follows
     return SimpleNamespace(**locals())
 
 
+def explain_outputs(current: Collection, image, item_id, text, method="auto", opacity=0.5):
+    """(image shown, heatmap, note)."""
+    overlay, note = explain(current, image, item_id, text or "", method, opacity)
+    item_id = (item_id or "").strip()
+    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
+    heatmap = gr.Image(overlay, alt_text=f"relevance heatmap for “{text.strip()}”")
+    return shown, heatmap, note
+
+
+def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
+    """A link's item, explained against its text."""
+    found = explain_outputs(collection, None, view.item, view.text)
+    outputs = [tab.image, tab.output, tab.note]
+    return {tab.item: view.item, tab.text: view.text, **updates(outputs, found)}
+
+
 def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
-    @guarded
     def explain_image(collection_name, image, item_id, text, method_name, opacity, session):
         current = shell.resolve(session, collection_name)
-        return explain(current, image, item_id, text or "", method_name, opacity)
+        return explain_outputs(current, image, item_id, text, method_name, opacity)
 
-    gr.on(  # the button, or Enter in the text or item box
+    listen(  # the button, or Enter in the text or item box
         [tab.button.click, tab.text.submit, tab.item.submit],
         explain_image,
         [
@@ -78,17 +111,18 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
             tab.opacity,
             shell.session,
         ],
-        [tab.output, tab.note],
-        api_name="explain",
+        [tab.image, tab.output, tab.note],
+        api_name="ui_explain",
     )
+    wire_item_box(shell, tab.image, tab.item, "explained")
 
-    @guarded
     def why_this_result(collection_name, item_id, query_used, session):
         current = shell.resolve(session, collection_name)
         overlay, note = explain(current, None, item_id, explain_query(current, query_used))
-        return gr.Image(overlay, visible=True), note
+        return gr.Image(overlay, visible=True, alt_text="why this result: relevance heatmap"), note
 
-    detail.why_button.click(
+    listen(
+        detail.why_button.click,
         why_this_result,
         [shell.collection, detail.selected_id, detail.selected_query, shell.session],
         [detail.why_image, detail.why_note],

@@ -8,13 +8,14 @@ from retrieval.catalog import Collection
 from webapp.ui.common import (
     PAGE_SIZE,
     GalleryItems,
-    guarded,
     hit_record,
+    listen,
     random_sample,
     results_gallery,
     to_gallery,
 )
 from webapp.ui.detail import Detail
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
 
@@ -37,18 +38,26 @@ def browse(
 
 
 def build() -> SimpleNamespace:
-    with gr.Tab("Gallery", id="gallery"):
+    with gr.Tab(t("tab_gallery"), id="gallery") as page_tab:
         with gr.Row(equal_height=True):
-            prev_page = gr.Button("◀ Previous", size="sm")
-            page = gr.Number(1, label="Page", precision=0, minimum=1)
-            next_page = gr.Button("Next ▶", size="sm")
-            sample = gr.Button("Random sample", size="sm")
+            prev_page = gr.Button(t("previous"), size="sm", min_width=80)
+            page = gr.Number(1, label=t("page"), precision=0, minimum=1, min_width=80)
+            next_page = gr.Button(t("next"), size="sm", min_width=80)
+            sample = gr.Button(t("random_sample"), size="sm", min_width=80)
         page_info = gr.Markdown()
         gallery, hits = results_gallery(
-            "Collection", "browse-gallery", json_title="Items as JSON", json_label="Items"
+            t("collection"), "browse-gallery", json_title=t("items_as_json"), json_label=t("items")
         )
     follows = [gallery, hits, page_info, page]
+    link_fields = {"page": page}
+    shown = page_info  # changes when a page was shown: the link follows
     return SimpleNamespace(**locals())
+
+
+def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
+    """A link's page of the collection."""
+    gallery, hits, info, page = browse(collection, int(view.page or 1))
+    return {tab.gallery: gallery, tab.hits: hits, tab.page_info: info, tab.page: page}
 
 
 def follow(collection: Collection | None) -> tuple:
@@ -60,29 +69,28 @@ def follow(collection: Collection | None) -> tuple:
 
 
 def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
-    @guarded
     def show_page(collection_name, page_number, session):
         return browse(shell.resolve(session, collection_name), page_number or 1)
 
     inputs = [shell.collection, tab.page, shell.session]
     outputs = [tab.gallery, tab.hits, tab.page_info, tab.page]
-    tab.page.submit(show_page, inputs, outputs, api_name="browse")
-
-    def turn(step: int):
-        return guarded(lambda name, p, s: show_page(name, (p or 1) + step, s))
-
+    listen(tab.page.submit, show_page, inputs, outputs, api_name="browse")
     for button, step, api in (
         (tab.prev_page, -1, "browse_previous"),
         (tab.next_page, 1, "browse_next"),
     ):
-        button.click(turn(step), inputs, outputs, api_name=api, api_visibility="private")
 
-    @guarded
+        def turn(name, page_number, session, step=step):
+            return show_page(name, (page_number or 1) + step, session)
+
+        listen(button.click, turn, inputs, outputs, api_name=api)
+
     def sample_items(collection_name, session):
         gallery, hits = random_sample(shell.resolve(session, collection_name))
         return gallery, hits, "Random sample"
 
-    tab.sample.click(
+    listen(
+        tab.sample.click,
         sample_items,
         [shell.collection, shell.session],
         [tab.gallery, tab.hits, tab.page_info],

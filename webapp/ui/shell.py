@@ -1,15 +1,17 @@
-"""The frame around the tabs: the title, the collection switcher and the overview of collections.
+"""The frame around the tabs: the title, the collection switcher, the overview of collections
+and the share box.
 
 `Shell` also tells every tab which collection is chosen (`resolve`): the session's own upload or
 a shared one, whose folders Gradio may then serve. Tabs that change with the collection (the
-gallery's first page, examples, artists, methods, vocabularies) give `wire` a `follow` function.
+gallery's first page, examples, artists, methods, vocabularies) add a `Follower`; `select`
+computes what all of them show for a collection.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -18,7 +20,9 @@ from retrieval.backbone import display_spec
 from retrieval.catalog import Catalog, Collection
 from retrieval.config import Settings
 from retrieval.errors import RetrievalError
-from webapp.ui.common import guarded
+from retrieval.hub import is_hub_location
+from webapp.ui.common import keeping
+from webapp.ui.i18n import t
 from webapp.ui.state import collection_choices, delete_session, get_collection
 
 # (components, function): what a tab shows for a newly chosen collection; None when it failed
@@ -36,12 +40,31 @@ class Shell:
     collection: gr.Dropdown
     status: gr.Markdown
     overview: gr.Markdown
+    link: gr.Textbox  # the current view's URL (see `webapp.ui.links`)
+    embed: gr.Textbox
+    page_url: gr.Textbox  # the page's address as the browser sees it (behind any proxy)
+    current_tab: gr.State
     tabs: gr.Tabs | None = None  # set by build_ui once the tabs exist: some buttons switch tabs
+    followers: list[Follower] = field(default_factory=list)
 
     def resolve(self, session, collection_name) -> Collection:
         collection = get_collection(self.catalog, session, collection_name)
         serve_files(collection)
         return collection
+
+    @property
+    def follower_outputs(self) -> list:
+        return [component for components, _ in self.followers for component in components]
+
+    def select(self, collection_name, session) -> tuple:
+        """(status, *what every follower shows) for the chosen collection."""
+        try:
+            current = self.resolve(session, collection_name)
+            status = collection_summary(current)
+        except RetrievalError as error:
+            current = None
+            status = unavailable_message(self.catalog, collection_name or "?", str(error))
+        return status, *(value for _, follow in self.followers for value in follow(current))
 
 
 def serve_files(collection: Collection) -> None:
@@ -54,59 +77,52 @@ def serve_files(collection: Collection) -> None:
 
 
 def build(catalog: Catalog, settings: Settings, start: str | None) -> Shell:
-    """Title, collection switcher and the overview (inside a gr.Blocks)."""
+    """Title, collection switcher, overview and share box (inside a gr.Blocks)."""
     first = catalog.get(start) if start and catalog.status(start) is None else None
     session = gr.State(None, delete_callback=delete_session)
-    gr.Markdown(
-        "# Smart Retrieval\nSearch image collections by text, by image, or by an image plus "
-        "a change in words. Click any image for details."
+    gr.Markdown(t("intro"))
+    collection = gr.Dropdown(
+        collection_choices(catalog),
+        value=start,
+        label=t("collection"),
+        allow_custom_value=True,  # unknown names get our message, not a bare validation error
+        elem_id="collection",
     )
-    with gr.Row(equal_height=True):
-        collection = gr.Dropdown(
-            collection_choices(catalog),
-            value=start,
-            label="Collection",
-            scale=1,
-            allow_custom_value=True,  # unknown names get our message, not a bare validation error
-        )
-        status = gr.Markdown(elem_id="collection-status")
-    with gr.Accordion("All collections", open=False):
-        overview = gr.Markdown()
-    return Shell(catalog, settings, first, session, collection, status, overview)
+    status = gr.Markdown(elem_id="collection-status")
+    with gr.Accordion(t("all_collections"), open=False):
+        overview = gr.Markdown(elem_id="collections-overview")
+    with gr.Accordion(t("share_title"), open=False, elem_id="share"):
+        link = gr.Textbox(label=t("share_link"), buttons=["copy"], elem_id="share-link")
+        embed = gr.Textbox(label=t("embed_code"), buttons=["copy"], lines=2, elem_id="embed-code")
+    page_url = gr.Textbox(visible=False)
+    current_tab = gr.State("gallery")
+    return Shell(
+        catalog, settings, first, session, collection, status, overview, link, embed, page_url,
+        current_tab,
+    )  # fmt: skip
 
 
-def wire(demo: gr.Blocks, shell: Shell, followers: list[Follower]) -> None:
-    """Choosing a collection shows its status and refreshes every follower."""
-
-    @guarded
-    def select_collection(collection_name, session):
-        """Status, first gallery page and per-collection choices for the chosen collection."""
-        try:
-            current = shell.resolve(session, collection_name)
-            status = collection_summary(current)
-        except RetrievalError as error:
-            gr.Warning(str(error))
-            current, status = None, unavailable_message(collection_name or "?", str(error))
-        return status, *(value for _, follow in followers for value in follow(current))
-
-    inputs = [shell.collection, shell.session]
-    outputs = [
-        shell.status,
-        *(component for components, _ in followers for component in components),
-    ]
-    shell.collection.change(select_collection, inputs, outputs, api_name="select_collection")
-    demo.load(
-        select_collection,
-        inputs,
-        outputs,
-        api_name="initial_collection",
-        api_visibility="private",
+def wire(demo: gr.Blocks, shell: Shell) -> None:
+    """Choosing a collection shows its status and refreshes every follower; the overview marks
+    the collections that cannot be opened, in the dropdown too."""
+    shell.collection.input(
+        keeping(shell.select, 1 + len(shell.follower_outputs)),
+        [shell.collection, shell.session],
+        [shell.status, *shell.follower_outputs],
+        api_name="select_collection",
+        api_visibility="undocumented",
     )
+
+    def overview(session):
+        lines = catalog_overview(shell.catalog)  # tries to open each: then marks can be made
+        return lines, gr.Dropdown(choices=collection_choices(shell.catalog, session, marked=True))
+
     demo.load(
-        guarded(lambda: catalog_overview(shell.catalog)),
-        None,
-        shell.overview,
+        keeping(overview, 2),
+        shell.session,
+        [shell.overview, shell.collection],
         api_name="collections_overview",
+        api_visibility="undocumented",
     )
 
 
@@ -114,14 +130,32 @@ def collection_summary(collection: Collection) -> str:
     spec, index = collection.spec, collection.index
     methods = ", ".join(collection.searcher.composers)
     text = f"**{html.escape(spec.title or spec.name)}**: {len(index):,} items"
-    text += f" · model `{display_spec(index.model_spec())}` · composed search: {methods}"
+    text += f" · searched with the model `{display_spec(index.model_spec())}`"
+    text += f" · composed search: {methods}"
     if spec.description:
         text += f"\n\n{html.escape(spec.description)}"
     return text
 
 
-def unavailable_message(name: str, reason: str) -> str:
-    return f"⚠️ **{html.escape(name)} is not available**: {html.escape(reason)}"
+def plain_reason(catalog: Catalog, name: str, reason: str) -> str:
+    """Why a collection cannot be opened, in words for a visitor rather than for an engineer."""
+    spec = catalog.specs.get(name)
+    if spec is not None and is_hub_location(spec.index):
+        return (
+            "its images and index are kept on the Hugging Face Hub, and this server has no copy "
+            "and cannot download one now. Choose another collection, or ask whoever runs this "
+            "server to download it once with network access."
+        )
+    return reason
+
+
+def unavailable_message(catalog: Catalog, name: str, reason: str) -> str:
+    title = catalog.specs[name].title if name in catalog.specs else name
+    text = f"⚠️ **{html.escape(title or name)} cannot be opened**: "
+    text += html.escape(plain_reason(catalog, name, reason))
+    if plain_reason(catalog, name, reason) != reason:
+        text += f"\n\n<details><summary>Details</summary>{html.escape(reason)}</details>"
+    return text
 
 
 def catalog_overview(catalog: Catalog) -> str:
@@ -129,6 +163,6 @@ def catalog_overview(catalog: Catalog) -> str:
     lines = []
     for name, spec in catalog.specs.items():
         reason = catalog.status(name)
-        state = "✅ ready" if reason is None else f"⚠️ unavailable: {html.escape(reason)}"
-        lines.append(f"- **{html.escape(spec.title or name)}** (`{name}`): {state}")
+        state = "✅ ready" if reason is None else "⚠️ " + plain_reason(catalog, name, reason)
+        lines.append(f"- **{html.escape(spec.title or name)}** (`{name}`): {html.escape(state)}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from retrieval.config import Settings
 from retrieval.errors import BadInput, NotFound
 
 SESSION_PREFIX = "my:"
+UNAVAILABLE = "unavailable"
 
 
 @dataclass
@@ -57,10 +58,16 @@ def get_collection(
 
 
 def collection_choices(
-    catalog: Catalog, session: SessionCollections | None = None
+    catalog: Catalog, session: SessionCollections | None = None, marked: bool = False
 ) -> list[tuple[str, str]]:
-    """(label, value) pairs for the collection dropdown: shared ones, then this session's."""
-    choices = [(spec.title or name, name) for name, spec in catalog.specs.items()]
+    """(label, value) pairs for the collection dropdown: shared ones, then this session's.
+
+    `marked`: collections that failed to open say so in their label (nothing is loaded here)."""
+    choices = []
+    for name, spec in catalog.specs.items():
+        failed = marked and catalog.state(name) not in ("loaded", "not loaded")
+        label = spec.title or name
+        choices.append((f"{label} ({UNAVAILABLE})" if failed else label, name))
     if session is not None:
         choices += [
             (collection.spec.title, name) for name, collection in session.collections.items()

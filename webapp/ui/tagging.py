@@ -10,7 +10,8 @@ import gradio as gr
 from retrieval.catalog import Collection
 from retrieval.tags import list_vocabularies
 from webapp import analysis
-from webapp.ui.common import guarded, image_or_item, reference_of
+from webapp.ui.common import image_or_item, listen, reference_of, updates, wire_item_box
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
 
@@ -37,17 +38,19 @@ def tag(
 
 def build(first: Collection | None) -> SimpleNamespace:
     names, default = vocabularies(first)
-    with gr.Tab("Tagging", id="tags"):
-        with image_or_item("Image", "tag-item") as (image, item):
-            vocabulary = gr.Dropdown(names, value=default, label="Vocabulary")
-            mode = gr.Radio(["single", "multi"], value="single", label="Mode")
-            top_k = gr.Slider(1, 10, 3, step=1, label="Tags per group (single)")
-            threshold = gr.Slider(0, 1, 0.1, step=0.01, label="Threshold (multi)")
-            button = gr.Button("Tag", variant="primary", elem_id="tag-button")
-        label = gr.Label(label="Tags", num_top_classes=20, elem_id="tag-label")
-        with gr.Accordion("Tags as JSON", open=False):
-            found = gr.JSON(label="Tags")
+    with gr.Tab(t("tab_tagging"), id="tagging") as page_tab:
+        with image_or_item(t("image"), "tag-item") as (image, item):
+            vocabulary = gr.Dropdown(names, value=default, label=t("vocabulary"))
+            mode = gr.Radio(["single", "multi"], value="single", label=t("mode"))
+            top_k = gr.Slider(1, 10, 3, step=1, label=t("tags_per_group"))
+            threshold = gr.Slider(0, 1, 0.1, step=0.01, label=t("threshold"))
+            button = gr.Button(t("tag"), variant="primary", elem_id="tag-button")
+        label = gr.Label(label=t("tags"), num_top_classes=20, elem_id="tag-label")
+        with gr.Accordion(t("tags_as_json"), open=False):
+            found = gr.JSON(label=t("tags"))
     follows = [vocabulary]
+    link_fields = {"item": item}
+    shown = found  # changes after tagging: the link follows
     return SimpleNamespace(**locals())
 
 
@@ -59,25 +62,32 @@ def follow(collection: Collection | None) -> tuple:
     return (gr.Dropdown(choices=names, value=default),)
 
 
+def tag_outputs(current: Collection, image, item_id, vocabulary_name, mode="single", top_k=3,
+                threshold=None) -> tuple:  # fmt: skip
+    """(image shown, label, tags as JSON); a warning when no tag reached the threshold."""
+    found = tag(current, image, item_id, vocabulary_name, mode, top_k, threshold)
+    if not found:
+        gr.Warning("no tag reached the threshold; lower it")
+    item_id = (item_id or "").strip()
+    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
+    return shown, {found_tag["tag"]: found_tag["score"] for found_tag in found}, found
+
+
+def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
+    """A link's item, tagged with the collection's own vocabulary."""
+    found = tag_outputs(collection, None, view.item, vocabularies(collection)[1])
+    return {tab.item: view.item, **updates([tab.image, tab.label, tab.found], found)}
+
+
 def wire(tab: SimpleNamespace, shell: Shell) -> None:
-    @guarded
     def tag_image(
         collection_name, image, item_id, vocabulary_name, mode, top_k, threshold, session
     ):
-        found = tag(
-            shell.resolve(session, collection_name),
-            image,
-            item_id,
-            vocabulary_name,
-            mode,
-            top_k,
-            threshold if mode == "multi" else None,
-        )
-        if not found:
-            gr.Warning("no tag reached the threshold; lower it")
-        return {t["tag"]: t["score"] for t in found}, found
+        current = shell.resolve(session, collection_name)
+        limit = threshold if mode == "multi" else None
+        return tag_outputs(current, image, item_id, vocabulary_name, mode, top_k, limit)
 
-    gr.on(  # the button, or Enter in the item box
+    listen(  # the button, or Enter in the item box
         [tab.button.click, tab.item.submit],
         tag_image,
         [
@@ -90,6 +100,7 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
             tab.threshold,
             shell.session,
         ],
-        [tab.label, tab.found],
-        api_name="tag_image",
+        [tab.image, tab.label, tab.found],
+        api_name="ui_tag_image",
     )
+    wire_item_box(shell, tab.image, tab.item, "tagged")

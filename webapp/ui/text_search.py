@@ -11,14 +11,17 @@ from retrieval.search import Filters
 from webapp.ui.common import (
     GalleryItems,
     empty_note,
-    guarded,
     hits_of,
+    keeping,
+    listen,
     minimum_score,
     results_gallery,
     to_gallery,
+    updates,
     warn,
 )
 from webapp.ui.detail import Detail
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
 MAX_ARTISTS = 1000
@@ -67,46 +70,69 @@ def text_search(
 
 
 def build(settings) -> SimpleNamespace:
-    with gr.Tab("Text search", id="text"):
+    with gr.Tab(t("tab_text"), id="text") as page_tab:
         with gr.Row(equal_height=True):
-            query = gr.Textbox(label="Describe what you look for", scale=4, elem_id="text-query")
-            button = gr.Button("Search", variant="primary", scale=1, elem_id="text-search")
-        examples = gr.Dataset(components=[query], samples=[], label="Examples", type="values")
+            query = gr.Textbox(
+                label=t("describe"),
+                placeholder="e.g. a red circle on the left",
+                scale=4,
+                min_width=200,
+                elem_id="text-query",
+            )
+            button = gr.Button(
+                t("search"), variant="primary", scale=1, min_width=90, elem_id="text-search"
+            )
+        examples = gr.Dataset(
+            components=[query], samples=[], label=t("examples"), type="values", visible=False
+        )
         with gr.Row():
-            k = gr.Slider(1, settings.max_k, 12, step=1, label="Results (top k)")
-            minimum = gr.Slider(-1, 1, -1, step=0.01, label="Minimum score (-1: no minimum)")
-        with gr.Accordion("Filters", open=False), gr.Row():
-            artist = gr.Dropdown([], label="Artist", allow_custom_value=True)
+            k = gr.Slider(1, settings.max_k, 12, step=1, label=t("top_k"))
+            minimum = gr.Slider(-1, 1, -1, step=0.01, label=t("min_score"))
+        with gr.Accordion(t("filters"), open=False), gr.Row():
+            artist = gr.Dropdown([], label=t("artist"), allow_custom_value=True)
             # Textboxes, not Numbers: an opened, untouched Number reports 0, which filtered out
             # everything; empty means no bound.
-            date_from = gr.Textbox(label="Year from", placeholder="e.g. 1600")
-            date_to = gr.Textbox(label="Year to", placeholder="e.g. 1700")
-            keyword = gr.Textbox(label="Keyword in title or description")
-        gallery, hits = results_gallery("Results", "text-results")
+            date_from = gr.Textbox(label=t("year_from"), placeholder="e.g. 1600")
+            date_to = gr.Textbox(label=t("year_to"), placeholder="e.g. 1700")
+            keyword = gr.Textbox(label=t("keyword"))
+        gallery, hits = results_gallery(t("results"), "text-results")
+        gr.Markdown(t("score_note_text"), elem_classes=["score-note"], elem_id="text-score-note")
         query_used = gr.State(None)
     follows = [examples, artist]
+    link_fields = {"q": query}
+    shown = hits  # changes after a search: the link follows
     return SimpleNamespace(**locals())
 
 
 def follow(collection: Collection | None) -> tuple:
-    """The chosen collection's example queries and its artists."""
+    """The chosen collection's example queries (none: no empty "Examples" header) and artists."""
     if collection is None:
-        return gr.Dataset(samples=[]), gr.update()
+        return gr.Dataset(samples=[], visible=False), gr.update()
+    samples = [[example] for example in collection.spec.examples]
     return (
-        gr.Dataset(samples=[[example] for example in collection.spec.examples]),
+        gr.Dataset(samples=samples, visible=bool(samples)),
         gr.Dropdown(choices=artists(collection), value=None),
     )
 
 
+def search_outputs(collection: Collection, text: str, k=12, min_score=None, filters=None) -> tuple:
+    """(gallery, hits, the query for "why this result?"), warnings shown."""
+    gallery, hits, notes = text_search(collection, text, k, min_score, filters)
+    warn(notes)
+    return gallery, hits, {"type": "text", "text": text.strip()}
+
+
+def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
+    """A link's text query, searched."""
+    found = search_outputs(collection, view.q)
+    return {tab.query: view.q, **updates([tab.gallery, tab.hits, tab.query_used], found)}
+
+
 def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
-    @guarded
     def search(collection_name, text, k, min_score, artist_name, year_from, year_to, word, session):
         filters = make_filters(artist_name, year_from, year_to, word)
-        gallery, hits, notes = text_search(
-            shell.resolve(session, collection_name), text, k, min_score, filters
-        )
-        warn(notes)
-        return gallery, hits, {"type": "text", "text": text.strip()}
+        current = shell.resolve(session, collection_name)
+        return search_outputs(current, text, k, min_score, filters)
 
     inputs = [
         shell.collection,
@@ -120,12 +146,12 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         shell.session,
     ]
     outputs = [tab.gallery, tab.hits, tab.query_used]
-    gr.on([tab.button.click, tab.query.submit], search, inputs, outputs, api_name="text_search")
+    listen([tab.button.click, tab.query.submit], search, inputs, outputs, api_name="ui_text_search")
     tab.examples.click(  # an example fills the box and runs the search
         lambda sample_values: sample_values[0],
         tab.examples,
         tab.query,
         api_name="use_example",
         api_visibility="private",
-    ).then(search, inputs, outputs, api_name="example_search", api_visibility="private")
+    ).then(keeping(search, 3), inputs, outputs, api_name="example_search", api_visibility="private")
     detail.follow_clicks(tab.gallery, tab.hits, tab.query_used, "select_text_result")

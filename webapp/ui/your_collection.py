@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import gradio as gr
 from huggingface_hub import get_token
 
+from retrieval.backbone import display_spec
 from retrieval.catalog import Collection, CollectionSpec
 from retrieval.collection import safe_id
 from retrieval.config import DEFAULTS, Settings
@@ -22,7 +23,8 @@ from retrieval.hub import HUB_PREFIX, push_index
 from retrieval.index import Index, build_index
 from retrieval.search import Searcher
 from retrieval.uploads import import_zip, replace_folder
-from webapp.ui.common import guarded
+from webapp.ui.common import keeping, listen
+from webapp.ui.i18n import t
 from webapp.ui.shell import Shell, serve_files
 from webapp.ui.state import (
     SESSION_PREFIX,
@@ -141,38 +143,50 @@ def push_to_hub(collection: Collection, repo: str, token: str | None, private: b
 
 # -- the tab ---------------------------------------------------------------------------------
 def build(settings: Settings) -> SimpleNamespace:
-    with gr.Tab("Your collection", id="upload"):
+    with gr.Tab(t("tab_upload"), id="upload") as page_tab:
+        gr.Markdown(t("upload_intro"))
         gr.Markdown(
-            f"Upload a .zip of images (at most {settings.max_zip_images:,} images, "
-            f"{settings.max_upload_mb} MB), optionally with a metadata CSV "
-            "(columns id, file, title, artist, date, description, url). It is "
-            "embedded with the selected collection's model and searchable in every "
-            "tab, for this browser session only."
+            f"At most {settings.max_zip_images:,} images, {settings.max_upload_mb} MB.",
+            elem_classes=["score-note"],
         )
+        model_note = gr.Markdown(elem_id="upload-model-note")
         with gr.Row():
-            upload_zip = gr.File(label="Images (.zip)", file_types=[".zip"], elem_id="upload-zip")
+            upload_zip = gr.File(label=t("images_zip"), file_types=[".zip"], elem_id="upload-zip")
             upload_meta = gr.File(
-                label="Metadata (.csv or .jsonl, optional)", file_types=[".csv", ".jsonl"]
+                label=t("metadata_file"), file_types=[".csv", ".jsonl"], elem_id="upload-metadata"
             )
-        upload_name = gr.Textbox(label="Name", placeholder="my-photos", elem_id="upload-name")
-        upload_button = gr.Button("Index my collection", variant="primary", elem_id="upload-button")
+        upload_name = gr.Textbox(label=t("name"), placeholder="my-photos", elem_id="upload-name")
+        upload_button = gr.Button(t("index_button"), variant="primary", elem_id="upload-button")
         upload_status = gr.Markdown(elem_id="upload-status")
         with gr.Row():
-            archive_button = gr.Button("Download the selected collection's index")
-            archive_file = gr.File(label="Index archive", interactive=False)
-        with gr.Accordion("Push the selected collection to the Hugging Face Hub", open=False):
-            hub_repo = gr.Textbox(label="Dataset repo (org/name)")
-            hub_token = gr.Textbox(label="Token (empty: the app's HF_TOKEN)", type="password")
-            hub_private = gr.Checkbox(label="Private", value=True)
-            hub_button = gr.Button("Push")
+            archive_button = gr.Button(t("download_index"), elem_id="download-index")
+            archive_file = gr.File(
+                label=t("index_archive"), interactive=False, elem_id="index-file"
+            )
+        with gr.Accordion(t("push_title"), open=False):
+            hub_repo = gr.Textbox(label=t("hub_repo"))
+            hub_token = gr.Textbox(label=t("hub_token"), type="password")
+            hub_private = gr.Checkbox(label=t("private"), value=True)
+            hub_button = gr.Button(t("push"))
             hub_status = gr.Markdown()
+    follows = [model_note]
     return SimpleNamespace(**locals())
+
+
+def follow(collection: Collection | None) -> tuple:
+    """Which model an upload will be embedded with: the chosen collection's."""
+    if collection is None:
+        return ("Choose a collection that opens: an upload is embedded with its model.",)
+    spec = display_spec(collection.index.model_spec())
+    return (
+        f"Your images will be embedded with the model of **{collection.spec.title or collection.name}**"
+        f" (`{spec}`); choose another collection above to use its model instead.",
+    )
 
 
 def wire(tab: SimpleNamespace, shell: Shell) -> None:
     settings = shell.settings
 
-    @guarded
     def upload_collection(
         zip_file,
         metadata_file,
@@ -191,35 +205,42 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
             f"✅ Indexed **{len(added.index):,}** images as *{added.spec.title}*."
             + skip_note(added.index.manifest.get("skipped", []))
         )
-        choices = collection_choices(shell.catalog, session)
+        choices = collection_choices(shell.catalog, session, marked=True)
         return session, message, gr.Dropdown(choices=choices, value=added.name)
 
-    tab.upload_button.click(
+    listen(
+        tab.upload_button.click,
         upload_collection,
         [tab.upload_zip, tab.upload_meta, tab.upload_name, shell.collection, shell.session],
         [shell.session, tab.upload_status, shell.collection],
         api_name="upload_collection",
         concurrency_limit=1,
+    ).success(  # the new collection is chosen: every tab follows it
+        keeping(shell.select, 1 + len(shell.follower_outputs)),
+        [shell.collection, shell.session],
+        [shell.status, *shell.follower_outputs],
+        api_name="select_uploaded_collection",
+        api_visibility="private",
     )
 
-    @guarded
     def download_index(collection_name, session):
         current = shell.resolve(session, collection_name)
         return str(index_archive(current, sessions_root(settings) / "archives"))
 
-    tab.archive_button.click(
+    listen(
+        tab.archive_button.click,
         download_index,
         [shell.collection, shell.session],
         tab.archive_file,
         api_name="download_index",
     )
 
-    @guarded
     def push_hub(collection_name, repo, token, private, session):
         url = push_to_hub(shell.resolve(session, collection_name), repo, token, private)
         return f"✅ Pushed: {url}"
 
-    tab.hub_button.click(
+    listen(
+        tab.hub_button.click,
         push_hub,
         [shell.collection, tab.hub_repo, tab.hub_token, tab.hub_private, shell.session],
         tab.hub_status,
