@@ -124,6 +124,19 @@ def readable_image(**options) -> gr.Image:
     return component
 
 
+def large_image(label, elem_id: str, height: int = 360, **options) -> gr.Image:
+    """An output image that fills its frame (64 px thumbnails and heatmaps included)."""
+    return gr.Image(
+        label=label,
+        interactive=False,
+        height=height,
+        buttons=IMAGE_BUTTONS,
+        elem_classes=["large-image"],
+        elem_id=elem_id,
+        **options,
+    )
+
+
 @contextmanager
 def image_or_item(
     label, item_elem_id: str, webcam: bool = False

@@ -13,7 +13,7 @@ import gradio as gr
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput
 from retrieval.search import tag_names
-from webapp.ui.common import IMAGE_BUTTONS, clicked_id, listen
+from webapp.ui.common import clicked_id, large_image, listen
 from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
@@ -73,31 +73,16 @@ def shown_image(path: str, card: str) -> gr.Image:
 def build(shell: Shell) -> Detail:
     """The panel's components (inside its gr.Column)."""
     selected_query = gr.State(None)
-    image = gr.Image(
-        label=t("selected_item"),
-        interactive=False,
-        visible=False,  # until an item is chosen: an empty frame only pushes the rest down
-        height=360,
-        buttons=IMAGE_BUTTONS,
-        elem_classes=["large-image"],
-        elem_id="detail-image",
-    )
+    # hidden until an item is chosen: an empty frame only pushes the rest down
+    image = large_image(t("selected_item"), "detail-image", visible=False)
     card = gr.Markdown(t("click_hint"), elem_id="detail-card")
     selected_id = gr.Textbox(label=t("item_id"), elem_id="selected-id")
     with gr.Row():
         similar_button = gr.Button(t("find_similar"), size="sm", elem_id="find-similar")
         reference_button = gr.Button(t("use_as_reference"), size="sm", elem_id="use-as-reference")
         why_button = gr.Button(t("why_this_result"), size="sm", elem_id="why-button")
-    why_image = gr.Image(
-        label=t("why_this_result"),
-        show_label=False,  # a label would cover the top of the heatmap
-        interactive=False,
-        visible=False,
-        height=360,
-        buttons=IMAGE_BUTTONS,
-        elem_classes=["large-image"],
-        elem_id="why-image",
-    )
+    # no visible label: it would cover the top of the heatmap
+    why_image = large_image(t("why_this_result"), "why-image", show_label=False, visible=False)
     why_note = gr.Markdown(elem_id="why-note")
     return Detail(
         shell,

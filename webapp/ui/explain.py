@@ -15,8 +15,8 @@ from retrieval.errors import BadInput
 from retrieval.explain import METHODS
 from webapp import analysis
 from webapp.ui.common import (
-    IMAGE_BUTTONS,
     image_or_item,
+    large_image,
     listen,
     reference_of,
     updates,
@@ -63,15 +63,8 @@ def build() -> SimpleNamespace:
             method = gr.Radio(list(METHODS), value="auto", label=t("method"))
             opacity = gr.Slider(0, 1, 0.5, step=0.05, label=t("opacity"))
             button = gr.Button(t("explain"), variant="primary", elem_id="explain-button")
-        output = gr.Image(
-            label=t("heatmap"),
-            show_label=False,  # a label would cover the top of the heatmap
-            interactive=False,
-            height=420,
-            buttons=IMAGE_BUTTONS,
-            elem_classes=["large-image"],
-            elem_id="explain-output",
-        )
+        # no visible label: it would cover the top of the heatmap
+        output = large_image(t("heatmap"), "explain-output", height=420, show_label=False)
         note = gr.Markdown(elem_id="explain-note")
     link_fields = {"item": item, "text": text}
     shown = note  # changes after an explanation: the link follows

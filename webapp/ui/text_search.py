@@ -146,7 +146,8 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
         shell.session,
     ]
     outputs = [tab.gallery, tab.hits, tab.query_used]
-    listen([tab.button.click, tab.query.submit], search, inputs, outputs, api_name="ui_text_search")
+    enter = [box.submit for box in (tab.query, tab.date_from, tab.date_to, tab.keyword)]
+    listen([tab.button.click, *enter], search, inputs, outputs, api_name="ui_text_search")
     tab.examples.click(  # an example fills the box and runs the search
         lambda sample_values: sample_values[0],
         tab.examples,
