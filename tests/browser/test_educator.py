@@ -3,13 +3,11 @@ images with their metadata, search them and take the index away."""
 
 from __future__ import annotations
 
-import csv
-import io
 import zipfile
 
-from retrieval.config import SHAPES_INDEX_DIR
 from tests.browser.ui import (
     box,
+    class_zip,
     messages,
     open_tab,
     shot,
@@ -19,14 +17,6 @@ from tests.browser.ui import (
     wait_for_results,
 )
 
-VAL = SHAPES_INDEX_DIR.parent / "val"
-CLASS_SET = {  # images the index has never seen, with the titles a teacher gave them
-    "dev-0001-img1.png": "Red star print",
-    "dev-0026-img5.png": "Blue circle poster",
-    "dev-0023-img5.png": "Green circle card",
-    "dev-0004-img3.png": "Blue square tile",
-}
-
 
 def choose_collection(page, label: str) -> None:
     page.locator("#collection input").click()
@@ -34,6 +24,10 @@ def choose_collection(page, label: str) -> None:
 
 
 def test_an_unavailable_collection_says_why_in_plain_words(page):
+    open_tab(page, "text", "Text search")
+    box(page, "text-query").fill("a red circle")
+    box(page, "text-query").press("Enter")
+    wait_for_results(page, "text-results", 12)
     choose_collection(page, "NoisyArt (artworks, ViT-B/32) (unavailable)")
     page.wait_for_function(
         "() => document.querySelector('#collection-status').innerText.includes('cannot be opened')"
@@ -41,28 +35,14 @@ def test_an_unavailable_collection_says_why_in_plain_words(page):
     status = text_of(page, "collection-status")
     assert "kept on the Hugging Face Hub" in status and "hf-hub:" not in status
     assert not messages(page)  # said once, where the collection is chosen, not again in a popup
-    open_tab(page, "text", "Text search")
     assert page.get_by_text("Examples", exact=True).count() == 0  # no empty "Examples" header
+    assert page.locator("#text-results img").count() == 0  # no Shapes results under NoisyArt
     shot(page, "unavailable-collection")
     choose_collection(page, "Shapes world (offline demo)")
     page.wait_for_function(
         "() => document.querySelector('#collection-status').innerText.includes('1,024 items')"
     )
     page.get_by_text("a large red circle", exact=True).first.wait_for(state="visible")
-
-
-def class_zip(tmp_path):
-    archive = tmp_path / "class-set.zip"
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["id", "file", "title"])
-    with zipfile.ZipFile(archive, "w") as opened:
-        for number, (file, title) in enumerate(CLASS_SET.items()):
-            opened.write(VAL / file, f"class-set/{file}")
-            writer.writerow([f"work-{number}", file, title])
-    metadata = tmp_path / "metadata.csv"
-    metadata.write_text(rows.getvalue())
-    return archive, metadata
 
 
 def test_upload_a_zip_with_metadata_search_it_and_download_its_index(page, tmp_path):

@@ -7,8 +7,8 @@ The shipped trained models answer, so the tests check what the results show, not
 
 from __future__ import annotations
 
-from retrieval.config import SHAPES_INDEX_DIR
 from tests.browser.ui import (
+    VAL,
     box,
     captions,
     in_view,
@@ -22,8 +22,7 @@ from tests.browser.ui import (
     wait_for_results,
 )
 
-SHAPES = SHAPES_INDEX_DIR.parent
-RED_STAR = SHAPES / "val" / "dev-0001-img1.png"  # "a large red star at the top": not in the index
+RED_STAR = VAL / "dev-0001-img1.png"  # "a large red star at the top": not in the index
 
 
 def test_land_search_an_example_open_a_result_and_find_similar(page):
@@ -102,6 +101,14 @@ def test_compose_from_an_upload_and_from_an_item_refine_twice_and_step_back(page
     wait_for_results(page, "composed-results", 12)
     assert captions(page, "composed-results") == first  # step 2's results, as they were
     assert not messages(page)
+    open_tab(page, "gallery", "Gallery")  # another reference, from the detail panel
+    page.locator("#browse-gallery img").nth(3).click()
+    page.locator("#use-as-reference").click()
+    page.wait_for_function(
+        "() => document.querySelector('#ref-item textarea, #ref-item input').value !== 'test-0000-img0'"
+    )
+    assert "2. " in text_of(page, "breadcrumbs")  # the steps so far are kept
+    assert captions(page, "composed-results") == first
 
 
 def test_tag_and_explain_an_item(page):
@@ -125,7 +132,7 @@ def test_tag_and_explain_an_item(page):
     shot(page, "explain")
 
 
-def test_a_mistake_keeps_the_results_and_says_why(page):
+def test_a_mistake_keeps_the_results_and_says_why(page, tmp_path):
     """#15.5: a failed search blanked the previous results and marked the form "Error"."""
     open_tab(page, "text", "Text search")
     box(page, "text-query").fill("a small blue square on the left")
@@ -141,4 +148,18 @@ def test_a_mistake_keeps_the_results_and_says_why(page):
     open_tab(page, "composed", "Composed search")
     page.locator("#step-back").click()  # nothing to go back to
     wait_for_message(page, "no step to go back to")
+    box(page, "ref-item").fill("test-0000-img0")
+    box(page, "ref-text").fill("make the circle blue")
+    box(page, "ref-text").press("Enter")
+    wait_for_results(page, "composed-results", 12)
+    before = captions(page, "composed-results")
+    broken = tmp_path / "holiday.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
+    page.locator("#ref-item-image input[type=file]").set_input_files(str(broken))
+    page.wait_for_function(  # an upload takes the place of the item
+        "() => !document.querySelector('#ref-item textarea, #ref-item input').value"
+    )
+    page.locator("#composed-search").click()
+    wait_for_message(page, "holiday.png")  # the message names the file
+    assert captions(page, "composed-results") == before
     assert page.get_by_text("Error", exact=True).count() == 0

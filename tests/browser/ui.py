@@ -3,7 +3,12 @@ result images actually on screen, read the messages."""
 
 from __future__ import annotations
 
+import csv
+import io
+import zipfile
 from pathlib import Path
+
+from retrieval.config import SHAPES_INDEX_DIR
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
@@ -99,3 +104,42 @@ def in_view(page, locator) -> bool:
     found = locator.bounding_box()
     size = page.viewport_size
     return bool(found) and found["y"] < size["height"] and found["y"] + found["height"] > 0
+
+
+VAL = SHAPES_INDEX_DIR.parent / "val"  # Shapes scenes the shipped index has never seen
+CLASS_SET = {  # file: (title, artist, year), as a teacher's metadata sheet gives them
+    "dev-0001-img1.png": ("Red star print", "Anna", "1650"),
+    "dev-0026-img5.png": ("Blue circle poster", "Bruno", "1590"),
+    "dev-0023-img5.png": ("Green circle card", "Anna", "1720"),
+    "dev-0004-img3.png": ("Blue square tile", "Bruno", "1610"),
+}
+
+
+def class_zip(tmp_path: Path) -> tuple[Path, Path]:
+    """(a zip of four Shapes scenes, their metadata.csv with titles, artists and years)."""
+    archive = tmp_path / "class-set.zip"
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["id", "file", "title", "artist", "date"])
+    with zipfile.ZipFile(archive, "w") as opened:
+        for number, (file, (title, artist, year)) in enumerate(CLASS_SET.items()):
+            opened.write(VAL / file, f"class-set/{file}")
+            writer.writerow([f"work-{number}", file, title, artist, year])
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_text(rows.getvalue())
+    return archive, metadata
+
+
+def upload_collection(page, archive: Path, metadata: Path, name: str = "class-set") -> None:
+    """Index a zip in "Your collection" and wait until every tab shows it."""
+    open_tab(page, "upload", "Your collection")
+    page.locator("#upload-zip input[type=file]").set_input_files(str(archive))
+    page.locator("#upload-metadata input[type=file]").set_input_files(str(metadata))
+    box(page, "upload-name").fill(name)
+    page.locator("#upload-button").click()
+    page.wait_for_function(
+        "() => document.querySelector('#upload-status').innerText.includes('Indexed')"
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#collection-status').innerText.includes('Your upload')"
+    )

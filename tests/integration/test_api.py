@@ -406,5 +406,6 @@ def test_concurrent_requests_share_the_model_and_get_their_own_answers(client):
 
 def test_unknown_endpoints_and_methods_answer_json(client):
     assert_error(client.get("/api/nope/deeper"), 404, "/docs")
+    assert_error(client.get("/api"), 404, "/docs")  # was a bare {"detail": "Not Found"}
     assert_error(client.put("/api/collections"), 405, "not allowed")
     assert_error(client.delete("/api/collections/demo/search/text"), 405, "not allowed")

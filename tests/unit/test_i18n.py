@@ -33,3 +33,18 @@ def test_an_unknown_text_key_is_a_bug():
 
     with pytest.raises(KeyError, match="no interface text"):
         t("no_such_label")
+
+
+def test_no_text_key_shadows_one_of_gradios_own():
+    """A key named like a namespace of Gradio's own texts ("image", "file", "label", ...) shows
+    as "[object Object]": the Tagging and Explain image boxes did."""
+    from pathlib import Path
+
+    import gradio
+
+    assets = Path(gradio.__file__).parent / "templates" / "frontend" / "assets"
+    exported = next(assets.glob("en-*.js")).read_text().split("export{")[-1]
+    namespaces = set(re.findall(r" as (\w+)", exported))
+    assert {"image", "file", "label"} <= namespaces  # the way they are read still works
+    english = json.loads((I18N_DIR / "en.json").read_text())
+    assert not namespaces & set(english)

@@ -25,11 +25,14 @@ fallback = APIRouter()
 
 
 @fallback.api_route(
+    "/api", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+@fallback.api_route(
     "/api/{rest:path}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
 )
-def unknown_endpoint(request: Request, rest: str):
+def unknown_endpoint(request: Request, rest: str = ""):
     """Keep JSON errors under /api even though the Gradio UI is mounted at the root.
 
     Included last: a path that another route knows with another method is a 405, not a 404.

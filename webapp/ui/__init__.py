@@ -26,6 +26,7 @@ from webapp.ui import (
     text_search,
     your_collection,
 )
+from webapp.ui.common import clearing
 from webapp.ui.i18n import CHOOSE_LANGUAGE, translations, wire_tab_labels
 from webapp.ui.state import sessions_root
 
@@ -41,6 +42,8 @@ CSS = """
 /* small images (thumbnails, 64 px heatmaps) fill their frame instead of staying tiny */
 .large-image img {width: 100%; height: 100%; object-fit: contain;}
 .score-note {font-size: var(--text-sm); opacity: 0.8;}
+/* a long collection name ("... (unavailable)") ends before the dropdown's arrow on a phone */
+#collection input {text-overflow: ellipsis; padding-right: 2rem;}
 /* a keyboard user always sees where they are */
 button:focus-visible, [role=tab]:focus-visible, input:focus-visible, textarea:focus-visible,
 .gallery-item:focus-visible, [role=radio]:focus-visible {
@@ -96,6 +99,8 @@ def build_ui(catalog: Catalog, settings: Settings | None = None) -> gr.Blocks:
             (composed_tab.follows, composed.follow),
             (tagging_tab.follows, tagging.follow),
             (upload_tab.follows, your_collection.follow),
+            *(clearing(part.stale) for part in (text_tab, image_tab, composed_tab, tagging_tab)),
+            *(clearing(part.stale) for part in (explain_tab, panel)),
         ]
         shell.wire(demo, frame)
         gallery.wire(browse_tab, frame, panel)

@@ -19,6 +19,7 @@ from retrieval.catalog import Collection
 from retrieval.errors import BadInput, RetrievalError
 from retrieval.search import SearchResult
 from webapp.ui.i18n import t
+from webapp.ui.image_input import ImageInput
 
 GALLERY_COLUMNS = 6
 PAGE_SIZE = 24
@@ -93,6 +94,11 @@ def updates(components: list, values) -> dict:
     return dict(zip(components, values, strict=True))
 
 
+def clearing(stale: dict):
+    """A follower (see `webapp.ui.shell`) that empties these components for a new collection."""
+    return list(stale), lambda _collection: tuple(stale.values())
+
+
 def warn(notes: list[str]) -> None:
     for note in notes:
         gr.Warning(note)
@@ -106,22 +112,9 @@ def clicked_id(hits: list[dict] | None, evt: gr.SelectData) -> str:
 
 
 # -- components ------------------------------------------------------------------------------
-def readable_image(**options) -> gr.Image:
-    """A file-path gr.Image that hands an uploaded file to the handler as it came.
-
-    `retrieval.images` then reads it (size from the header first) inside the handler, so a
-    broken or oversized upload gets a message naming the file while the page keeps its results;
-    failing in Gradio's own preprocessing would mark every output "Error"."""
-    component = gr.Image(type="filepath", image_mode=None, buttons=IMAGE_BUTTONS, **options)
-    decode = component.preprocess
-
-    def hand_over(payload):
-        if payload is None or not payload.path:
-            return decode(payload)  # nothing, or a data: URL that Gradio writes to a file
-        return payload.path
-
-    component.preprocess = hand_over  # an instance attribute: no subclass, no generated .pyi
-    return component
+def readable_image(**options) -> ImageInput:
+    """An image input whose upload the handler reads (see `webapp.ui.image_input`)."""
+    return ImageInput(type="filepath", image_mode=None, buttons=IMAGE_BUTTONS, **options)
 
 
 def large_image(label, elem_id: str, height: int = 360, **options) -> gr.Image:
@@ -164,9 +157,10 @@ def wire_item_box(shell, image: gr.Image, item: gr.Textbox, name: str) -> None:
 
     def preview(collection_name, item_id, session):
         item_id = (item_id or "").strip()
-        if not item_id:
+        try:
+            return str(shell.resolve(session, collection_name).index.image_path(item_id))
+        except RetrievalError:  # half-typed or unknown: the search itself says so, once
             return gr.skip()
-        return str(shell.resolve(session, collection_name).index.image_path(item_id))
 
     listen(
         item.blur,

@@ -150,6 +150,8 @@ def build(settings, first: Collection | None) -> SimpleNamespace:
         chain = gr.State([])
         query_used = gr.State(None)
     follows = [method]
+    no_trail = gr.update(choices=[], value=None, label=t("no_steps"))  # an update, not a component
+    stale = {gallery: [], hits: None, chain: [], crumbs: no_trail, query_used: None, item: ""}
     link_fields = {"ref": item, "text": text, "method": method}
     shown = hits  # changes after a search: the link follows
     return SimpleNamespace(**locals())
@@ -295,24 +297,15 @@ def wire_refinement(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
     )
 
     def use_as_reference(collection_name, item_id, session):
+        """The panel's item becomes the next reference; the steps so far stay (a next step)."""
         image, _ = item_details(shell.resolve(session, collection_name), item_id)
-        chosen = gr.Tabs(selected="composed")
-        return chosen, "composed", image, item_id.strip(), [], trail([]), [], []
+        return gr.Tabs(selected="composed"), "composed", image, item_id.strip(), ""
 
     listen(
         detail.reference_button.click,
         use_as_reference,
         [shell.collection, detail.selected_id, shell.session],
-        [
-            shell.tabs,
-            shell.current_tab,
-            tab.image,
-            tab.item,
-            tab.chain,
-            tab.crumbs,
-            tab.gallery,
-            tab.hits,
-        ],
+        [shell.tabs, shell.current_tab, tab.image, tab.item, tab.text],
         api_name="use_as_reference",
         api_visibility="private",
     )

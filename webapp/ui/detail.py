@@ -32,6 +32,13 @@ class Detail:
     why_note: gr.Markdown
 
     @property
+    def stale(self) -> dict:
+        """What the panel shows for no item: an item of another collection must not linger."""
+        hidden = gr.update(value=None, visible=False)  # an update: a gr.Image here would be drawn
+        return {self.image: hidden, self.card: t("click_hint"), self.selected_id: "",
+                self.selected_query: None, self.why_image: hidden, self.why_note: ""}  # fmt: skip
+
+    @property
     def outputs(self) -> list:
         return [self.image, self.card, self.why_image, self.why_note]
 

@@ -30,7 +30,10 @@ from webapp.ui.shell import Shell
 def explain_query(collection: Collection, query: dict | None):
     """The query a search ran with, in the form `retrieval.explain.explain` takes."""
     if not query:
-        raise BadInput("run a search and click one of its results first")
+        raise BadInput(
+            "this item was not found by a search: run a search, then ask why of one of its "
+            "results (or use the Explain tab with a text of your own)"
+        )
     if query["type"] == "text":
         return query["text"]
     if query["type"] == "item":
@@ -58,7 +61,7 @@ def explain(
 
 def build() -> SimpleNamespace:
     with gr.Tab(t("tab_explain"), id="explain") as page_tab:
-        with image_or_item(t("image"), "explain-item") as (image, item):
+        with image_or_item(t("image_input"), "explain-item") as (image, item):
             text = gr.Textbox(label=t("explain_against"), elem_id="explain-text")
             method = gr.Radio(list(METHODS), value="auto", label=t("method"))
             opacity = gr.Slider(0, 1, 0.5, step=0.05, label=t("opacity"))
@@ -67,6 +70,7 @@ def build() -> SimpleNamespace:
         output = large_image(t("heatmap"), "explain-output", height=420, show_label=False)
         note = gr.Markdown(elem_id="explain-note")
     link_fields = {"item": item, "text": text}
+    stale = {output: None, note: "", item: ""}  # cleared when the collection changes
     shown = note  # changes after an explanation: the link follows
     return SimpleNamespace(**locals())
 

@@ -39,9 +39,10 @@ def browse(
 
 def build() -> SimpleNamespace:
     with gr.Tab(t("tab_gallery"), id="gallery") as page_tab:
-        with gr.Row(equal_height=True):
+        with gr.Row():
             prev_page = gr.Button(t("previous"), size="sm", min_width=80)
-            page = gr.Number(1, label=t("page"), precision=0, minimum=1, min_width=80)
+            # no minimum: a typed -3 is clamped to 1 by browse, not refused with an error box
+            page = gr.Number(1, label=t("page"), precision=0, min_width=80)
             next_page = gr.Button(t("next"), size="sm", min_width=80)
             sample = gr.Button(t("random_sample"), size="sm", min_width=80)
         page_info = gr.Markdown()
@@ -49,14 +50,14 @@ def build() -> SimpleNamespace:
             t("collection"), "browse-gallery", json_title=t("items_as_json"), json_label=t("items")
         )
     follows = [gallery, hits, page_info, page]
-    link_fields = {"page": page}
+    link_fields = {"gallery_page": page}
     shown = page_info  # changes when a page was shown: the link follows
     return SimpleNamespace(**locals())
 
 
 def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
     """A link's page of the collection."""
-    gallery, hits, info, page = browse(collection, int(view.page or 1))
+    gallery, hits, info, page = browse(collection, int(view.gallery_page or 1))
     return {tab.gallery: gallery, tab.hits: hits, tab.page_info: info, tab.page: page}
 
 

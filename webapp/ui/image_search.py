@@ -9,6 +9,7 @@ import gradio as gr
 
 from retrieval.backbone import display_spec
 from retrieval.catalog import Collection
+from retrieval.errors import BadInput
 from webapp.ui.common import (
     GalleryItems,
     empty_note,
@@ -59,6 +60,7 @@ def build(settings) -> SimpleNamespace:
         gr.Markdown(t("score_note_image"), elem_classes=["score-note"], elem_id="image-score-note")
         query_used = gr.State(None)
     follows = [model_note]
+    stale = {gallery: [], hits: None, query_used: None, item: ""}  # cleared on a new collection
     link_fields = {"item": item}
     shown = hits  # changes after a search: the link follows
     return SimpleNamespace(**locals())
@@ -127,6 +129,8 @@ def wire_find_similar(tab: SimpleNamespace, shell: Shell, detail: Detail) -> Non
     """The detail panel's "Find similar": this tab, searching by the shown item."""
 
     def find_similar(collection_name, item_id, k, session):
+        if not (item_id or "").strip():
+            raise BadInput("no item selected: click an image first")
         current = shell.resolve(session, collection_name)
         found = search_outputs(current, None, item_id, k)
         return gr.Tabs(selected="image"), "image", (item_id or "").strip(), *found

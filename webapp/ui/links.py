@@ -24,9 +24,10 @@ from webapp.ui.state import SESSION_PREFIX
 # tab id -> (the tab's module, its components); a module with `open_view` can run a link's search
 Pages = dict[str, tuple[ModuleType, SimpleNamespace]]
 
-# the query parameters each tab reads (besides `collection` and `tab`)
+# the query parameters each tab reads (besides `collection` and `tab`); the first is the one the
+# others need (a change without a reference is no composed query). Never `page`: Gradio's own.
 TAB_FIELDS = {
-    "gallery": ("page",),
+    "gallery": ("gallery_page",),
     "text": ("q",),
     "image": ("item",),
     "composed": ("ref", "text", "method"),
@@ -48,29 +49,36 @@ class View:
     ref: str = ""
     text: str = ""
     method: str = ""
-    page: str = ""
+    gallery_page: str = ""
 
     def wants_search(self) -> bool:
         return any(getattr(self, name) for name in TAB_FIELDS[self.tab])
 
 
 def parse_view(params: Mapping[str, str]) -> View:
-    """A View from query parameters; unknown tabs fall back to the gallery, long values are cut."""
+    """A View from query parameters; unknown tabs fall back to the gallery, long values are cut.
+
+    Without a tab, the first tab whose own fields the link holds (`?q=...` is a text search)."""
     values = {
         spec.name: str(params.get(spec.name, "") or "").strip()[:MAX_FIELD_CHARS]
         for spec in fields(View)
     }
+    if not values["gallery_page"].isdigit():
+        values["gallery_page"] = ""
     if values["tab"] not in TAB_FIELDS:
-        values["tab"] = "gallery"
-    if values["page"] and not values["page"].isdigit():
-        values["page"] = ""
+        wanted = (tab for tab, names in TAB_FIELDS.items() if names and values[names[0]])
+        values["tab"] = next(wanted, "gallery")
     return View(**values)
 
 
 def view_url(page_url: str, view: View) -> str:
-    """The page's address with the view's own fields as query parameters."""
+    """The page's address with the view's own fields as query parameters.
+
+    A tab's fields go in only with the first one: an uploaded reference image cannot go into a
+    link, so neither does the change that was asked of it."""
     base = (page_url or "/").split("?")[0].split("#")[0]
-    wanted = {"collection", "tab", *TAB_FIELDS[view.tab]}
+    own = TAB_FIELDS[view.tab]
+    wanted = {"collection", "tab", *(own if own and getattr(view, own[0]) else ())}
     query = {name: value for name, value in asdict(view).items() if name in wanted and value}
     return f"{base}?{urlencode(query)}" if query else base
 
@@ -106,8 +114,9 @@ def wire_opening(demo: gr.Blocks, shell: Shell, pages: Pages) -> None:
             name = view.collection
         elif view.collection:
             gr.Warning(f"no collection {view.collection!r} here; showing {name}")
-        # without a tab in the link, leave it alone: the visitor may have clicked one already
-        tab = (gr.Tabs(selected=view.tab), view.tab) if "tab" in params else (gr.skip(),) * 2
+        # a link without a tab or query leaves it alone: the visitor may have clicked one already
+        chosen = "tab" in params or view.wants_search()
+        tab = (gr.Tabs(selected=view.tab), view.tab) if chosen else (gr.skip(),) * 2
         return gr.Dropdown(value=name), *tab, view, *shell.select(name, session)
 
     outputs = [shell.collection, shell.tabs, shell.current_tab, view_state, shell.status]

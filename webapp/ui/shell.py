@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from retrieval.backbone import display_spec
-from retrieval.catalog import Catalog, Collection
+from retrieval.catalog import Catalog, Collection, CollectionUnavailable
 from retrieval.config import Settings
 from retrieval.errors import RetrievalError
 from retrieval.hub import is_hub_location
@@ -48,7 +48,12 @@ class Shell:
     followers: list[Follower] = field(default_factory=list)
 
     def resolve(self, session, collection_name) -> Collection:
-        collection = get_collection(self.catalog, session, collection_name)
+        try:
+            collection = get_collection(self.catalog, session, collection_name)
+        except CollectionUnavailable as error:  # in a visitor's words, not the loader's
+            title = self.catalog.specs[collection_name].title or collection_name
+            reason = plain_reason(self.catalog, collection_name, str(error))
+            raise CollectionUnavailable(f"{title} cannot be opened: {reason}") from error
         serve_files(collection)
         return collection
 
@@ -94,6 +99,7 @@ def build(catalog: Catalog, settings: Settings, start: str | None) -> Shell:
     with gr.Accordion(t("share_title"), open=False, elem_id="share"):
         link = gr.Textbox(label=t("share_link"), buttons=["copy"], elem_id="share-link")
         embed = gr.Textbox(label=t("embed_code"), buttons=["copy"], lines=2, elem_id="embed-code")
+        gr.Markdown(t("share_note"), elem_classes=["score-note"])
     page_url = gr.Textbox(visible=False)
     current_tab = gr.State("gallery")
     return Shell(

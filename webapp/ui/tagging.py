@@ -39,7 +39,7 @@ def tag(
 def build(first: Collection | None) -> SimpleNamespace:
     names, default = vocabularies(first)
     with gr.Tab(t("tab_tagging"), id="tagging") as page_tab:
-        with image_or_item(t("image"), "tag-item") as (image, item):
+        with image_or_item(t("image_input"), "tag-item") as (image, item):
             vocabulary = gr.Dropdown(names, value=default, label=t("vocabulary"))
             mode = gr.Radio(["single", "multi"], value="single", label=t("mode"))
             top_k = gr.Slider(1, 10, 3, step=1, label=t("tags_per_group"))
@@ -49,6 +49,7 @@ def build(first: Collection | None) -> SimpleNamespace:
         with gr.Accordion(t("tags_as_json"), open=False):
             found = gr.JSON(label=t("tags"))
     follows = [vocabulary]
+    stale = {label: None, found: None, item: ""}  # cleared when the collection changes
     link_fields = {"item": item}
     shown = found  # changes after tagging: the link follows
     return SimpleNamespace(**locals())

@@ -98,20 +98,26 @@ def build(settings) -> SimpleNamespace:
         gallery, hits = results_gallery(t("results"), "text-results")
         gr.Markdown(t("score_note_text"), elem_classes=["score-note"], elem_id="text-score-note")
         query_used = gr.State(None)
-    follows = [examples, artist]
+    follows = [examples, artist, date_from, date_to]
+    stale = {gallery: [], hits: None, query_used: None}  # cleared when the collection changes
     link_fields = {"q": query}
     shown = hits  # changes after a search: the link follows
     return SimpleNamespace(**locals())
 
 
 def follow(collection: Collection | None) -> tuple:
-    """The chosen collection's example queries (none: no empty "Examples" header) and artists."""
+    """The chosen collection's example queries (none: no empty "Examples" header), its artists,
+    and only the filters its metadata can answer (Shapes has no artists and no dates)."""
     if collection is None:
-        return gr.Dataset(samples=[], visible=False), gr.update()
+        return gr.Dataset(samples=[], visible=False), gr.update(), gr.update(), gr.update()
     samples = [[example] for example in collection.spec.examples]
+    names = artists(collection)
+    dated = any(item.get("date") for item in collection.index.items)
     return (
         gr.Dataset(samples=samples, visible=bool(samples)),
-        gr.Dropdown(choices=artists(collection), value=None),
+        gr.Dropdown(choices=names, value=None, visible=bool(names)),
+        gr.Textbox(value="", visible=dated),
+        gr.Textbox(value="", visible=dated),
     )
 
 
