@@ -19,6 +19,15 @@ from tests.browser.ui import (
 SELECTED_TAB = "() => document.querySelector('[role=tab][aria-selected=true]').innerText"
 
 
+def test_the_address_the_front_page_writes_opens_again(page, app_url):
+    """The gallery wrote `?page=1`, a parameter Gradio keeps for itself: every reload was a 500."""
+    page.wait_for_url("**gallery_page=1**")
+    again = page.open_link(page.url)  # a reload
+    wait_for_results(again, "browse-gallery", 24)
+    second = page.open_link(app_url + "?tab=gallery&gallery_page=2")
+    second.wait_for_function("() => document.body.innerText.includes('Page 2 of 43')")
+
+
 def test_a_link_reproduces_the_results_and_the_address_keeps_them(page, app_url):
     page = page.open_link(app_url + "?collection=shapes&tab=text&q=a+large+red+circle")
     wait_for_results(page, "text-results", 12)
