@@ -39,6 +39,12 @@ CSS = """
 }
 /* ...and as many rows as the results need: no fixed 450 px box with an inner scrollbar */
 .result-gallery .grid-wrap.fixed-height {min-height: 0 !important; max-height: none !important; height: auto !important;}
+/* a result's score and title on up to two lines (one line cut every title to "0.963 · r…") */
+.result-gallery .caption-label {
+    white-space: normal !important; max-width: calc(100% - 8px) !important;
+    display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden;
+    font-size: 11px; line-height: 1.25; padding: 2px 6px !important; max-height: calc(2.5em + 4px);
+}
 /* small images (thumbnails, 64 px heatmaps) fill their frame instead of staying tiny */
 .large-image img {width: 100%; height: 100%; object-fit: contain;}
 .score-note {font-size: var(--text-sm); opacity: 0.8;}
