@@ -130,7 +130,8 @@ def wire_opening(demo: gr.Blocks, shell: Shell, pages: Pages) -> None:
 
     def run_view(view: View | None, collection_name, session):
         if view is None or not view.wants_search() or view.collection.startswith(SESSION_PREFIX):
-            return tuple(gr.skip() for _ in view_outputs)
+            # one entry is all Gradio needs: a skip for each output would rebuild every one
+            return {view_outputs[0]: gr.skip()}
         module, tab = pages[view.tab]
         return module.open_view(tab, shell.resolve(session, collection_name), view)
 
