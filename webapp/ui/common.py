@@ -151,14 +151,20 @@ def image_or_item(
             yield image, item
 
 
+def item_image(collection: Collection, item_id: str | None):
+    """What a tab's image box shows after a query: the item's image for an item id; for an
+    upload, the box is left as it is."""
+    item_id = (item_id or "").strip()
+    return str(collection.index.image_path(item_id)) if item_id else gr.skip()
+
+
 def wire_item_box(shell, image: gr.Image, item: gr.Textbox, name: str) -> None:
     """A typed item id shows that item in the image box (so you see what you query); an
     uploaded image clears the id (so the upload is what gets searched)."""
 
     def preview(collection_name, item_id, session):
-        item_id = (item_id or "").strip()
         try:
-            return str(shell.resolve(session, collection_name).index.image_path(item_id))
+            return item_image(shell.resolve(session, collection_name), item_id)
         except RetrievalError:  # half-typed or unknown: the search itself says so, once
             return gr.skip()
 

@@ -16,6 +16,7 @@ from webapp.ui.common import (
     empty_note,
     hits_of,
     image_or_item,
+    item_image,
     listen,
     pick_random,
     reference_of,
@@ -173,8 +174,7 @@ def run_step(current: Collection, image, item_id, text, method_name, k, steps) -
     title = reference_title(current, item_id)
     query_used = {"type": "vector", "vector": vector}
     steps = push_step(steps, item_id, image, title, text, method_name, hits, query_used)
-    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
-    return shown, gallery, hits, steps, trail(steps), query_used
+    return item_image(current, item_id), gallery, hits, steps, trail(steps), query_used
 
 
 def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:

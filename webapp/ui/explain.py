@@ -16,6 +16,7 @@ from retrieval.explain import METHODS
 from webapp import analysis
 from webapp.ui.common import (
     image_or_item,
+    item_image,
     large_image,
     listen,
     reference_of,
@@ -78,10 +79,8 @@ def build() -> SimpleNamespace:
 def explain_outputs(current: Collection, image, item_id, text, method="auto", opacity=0.5):
     """(image shown, heatmap, note)."""
     overlay, note = explain(current, image, item_id, text or "", method, opacity)
-    item_id = (item_id or "").strip()
-    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
     heatmap = gr.Image(overlay, alt_text=f"relevance heatmap for “{text.strip()}”")
-    return shown, heatmap, note
+    return item_image(current, item_id), heatmap, note
 
 
 def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:

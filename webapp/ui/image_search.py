@@ -15,6 +15,7 @@ from webapp.ui.common import (
     empty_note,
     hits_of,
     image_or_item,
+    item_image,
     listen,
     minimum_score,
     pick_random,
@@ -85,11 +86,8 @@ def search_outputs(current: Collection, image, item_id, k=12, min_score=None) ->
     gallery, hits, notes = image_search(current, image, item_id, k, min_score)
     warn(notes)
     item_id = (item_id or "").strip()
-    if item_id:
-        shown, query_used = str(current.index.image_path(item_id)), {"type": "item", "id": item_id}
-    else:
-        shown, query_used = gr.skip(), {"type": "image", "image": image}
-    return shown, gallery, hits, query_used
+    query_used = {"type": "item", "id": item_id} if item_id else {"type": "image", "image": image}
+    return item_image(current, item_id), gallery, hits, query_used
 
 
 def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:

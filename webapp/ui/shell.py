@@ -61,6 +61,17 @@ class Shell:
     def follower_outputs(self) -> list:
         return [component for components, _ in self.followers for component in components]
 
+    def refresh_after(self, event, api_name: str, **options):
+        """After `event` (a trigger or a finished event's `.then`/`.success`), show the chosen
+        collection's status and what every follower shows for it."""
+        return event(
+            keeping(self.select, 1 + len(self.follower_outputs)),
+            [self.collection, self.session],
+            [self.status, *self.follower_outputs],
+            api_name=api_name,
+            **options,
+        )
+
     def select(self, collection_name, session) -> tuple:
         """(status, *what every follower shows) for the chosen collection."""
         try:
@@ -111,13 +122,7 @@ def build(catalog: Catalog, settings: Settings, start: str | None) -> Shell:
 def wire(demo: gr.Blocks, shell: Shell) -> None:
     """Choosing a collection shows its status and refreshes every follower; the overview marks
     the collections that cannot be opened, in the dropdown too."""
-    shell.collection.input(
-        keeping(shell.select, 1 + len(shell.follower_outputs)),
-        [shell.collection, shell.session],
-        [shell.status, *shell.follower_outputs],
-        api_name="select_collection",
-        api_visibility="undocumented",
-    )
+    shell.refresh_after(shell.collection.input, "select_collection", api_visibility="undocumented")
 
     def overview(session):
         lines = catalog_overview(shell.catalog)  # tries to open each: then marks can be made

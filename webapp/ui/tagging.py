@@ -10,7 +10,7 @@ import gradio as gr
 from retrieval.catalog import Collection
 from retrieval.tags import list_vocabularies
 from webapp import analysis
-from webapp.ui.common import image_or_item, listen, reference_of, updates, wire_item_box
+from webapp.ui.common import image_or_item, item_image, listen, reference_of, updates, wire_item_box
 from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
@@ -69,9 +69,11 @@ def tag_outputs(current: Collection, image, item_id, vocabulary_name, mode="sing
     found = tag(current, image, item_id, vocabulary_name, mode, top_k, threshold)
     if not found:
         gr.Warning("no tag reached the threshold; lower it")
-    item_id = (item_id or "").strip()
-    shown = str(current.index.image_path(item_id)) if item_id else gr.skip()
-    return shown, {found_tag["tag"]: found_tag["score"] for found_tag in found}, found
+    return (
+        item_image(current, item_id),
+        {found_tag["tag"]: found_tag["score"] for found_tag in found},
+        found,
+    )
 
 
 def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:

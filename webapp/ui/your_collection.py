@@ -23,7 +23,7 @@ from retrieval.hub import HUB_PREFIX, push_index
 from retrieval.index import Index, build_index
 from retrieval.search import Searcher
 from retrieval.uploads import import_zip, replace_folder
-from webapp.ui.common import keeping, listen
+from webapp.ui.common import listen
 from webapp.ui.i18n import t
 from webapp.ui.shell import Shell, serve_files
 from webapp.ui.state import (
@@ -208,20 +208,16 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
         choices = collection_choices(shell.catalog, session, marked=True)
         return session, message, gr.Dropdown(choices=choices, value=added.name)
 
-    listen(
+    uploaded = listen(
         tab.upload_button.click,
         upload_collection,
         [tab.upload_zip, tab.upload_meta, tab.upload_name, shell.collection, shell.session],
         [shell.session, tab.upload_status, shell.collection],
         api_name="upload_collection",
         concurrency_limit=1,
-    ).success(  # the new collection is chosen: every tab follows it
-        keeping(shell.select, 1 + len(shell.follower_outputs)),
-        [shell.collection, shell.session],
-        [shell.status, *shell.follower_outputs],
-        api_name="select_uploaded_collection",
-        api_visibility="private",
     )
+    # the new collection is chosen: every tab follows it
+    shell.refresh_after(uploaded.success, "select_uploaded_collection", api_visibility="private")
 
     def download_index(collection_name, session):
         current = shell.resolve(session, collection_name)
