@@ -9,19 +9,21 @@ from __future__ import annotations
 import os
 import socket
 import sys
-
-import gradio as gr
-import uvicorn
-from fastapi import FastAPI
+import threading
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from webapp.api import create_api
-from webapp.api.cors import keep_outermost
-from webapp.ui import build_ui, launch_options
 
 
-def create_app(catalog: Catalog | None = None, settings: Settings | None = None) -> FastAPI:
+def create_app(catalog: Catalog | None = None, settings: Settings | None = None):
+    """The FastAPI app with the UI mounted. Gradio is imported here, not above, so that `python
+    app.py` can load the first collection while Gradio's 4 s of imports run (see BENCHMARKS.md)."""
+    import gradio as gr
+
+    from webapp.api import create_api
+    from webapp.api.cors import keep_outermost
+    from webapp.ui import build_ui, launch_options
+
     settings = settings or Settings.from_env()
     catalog = catalog or Catalog.from_file(settings.collections_file, settings)
     app = create_api(catalog, settings)
@@ -61,4 +63,11 @@ if __name__ == "__main__":
         sys.exit(
             f"port {port} on {host} is in use: stop what runs there, or set SR_PORT to another"
         )
-    uvicorn.run(create_app(settings=settings), host=host, port=port)
+    catalog = Catalog.from_file(settings.collections_file, settings)
+    first = next(iter(catalog.names()), None)
+    if first:  # a failure is kept by the catalog and shown in the app, as on first use
+        threading.Thread(target=catalog.status, args=(first,), daemon=True).start()
+    app = create_app(catalog, settings)
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port)

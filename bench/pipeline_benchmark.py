@@ -307,6 +307,7 @@ def fake_index(directory: Path, backbone, count: int, seed: int = 0) -> None:
         "model_fingerprint": index_module.model_fingerprint(backbone),
         "dim": backbone.dim,
         "preprocessing": backbone.preprocessing,
+        "runtimes": {backbone.runtime: backbone.runtime_agreement},
         "normalized": True,
         "index_type": "flat",
         "index_params": {},

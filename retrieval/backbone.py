@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from retrieval.config import DEFAULTS, ImageLimits
 from retrieval.errors import BadInput, ModelUnavailable
 from retrieval.hub import HUB_PREFIX, fetch
 from retrieval.images import ImageSource, open_image
+from retrieval.runtime import OnnxTowers, check_runtime, exported_folder
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PREPROCESSING = ("standard", "targetpad", "squarepad")
@@ -40,8 +41,10 @@ FINGERPRINT_PROBE = "a photo of an object"
 
 
 def model_fingerprint(backbone: Backbone) -> list[float]:
-    """A few numbers that differ between models: catches 'same dim, other weights'."""
-    return [round(float(v), 4) for v in backbone.encode_texts([FINGERPRINT_PROBE])[0][:8]]
+    """A few numbers that differ between models: catches 'same dim, other weights'. Always from
+    PyTorch, so it names the weights whatever runtime runs the queries."""
+    features = backbone.on_torch().encode_texts([FINGERPRINT_PROBE])[0]
+    return [round(float(v), 4) for v in features[:8]]
 
 
 def fingerprint_matches(
@@ -172,6 +175,11 @@ def _create(spec: str, device: torch.device):
     return model.eval(), transform, tokenizer
 
 
+def input_size(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
 @dataclass
 class Backbone:
     """A CLIP model ready to embed images and texts into one normalised space."""
@@ -183,11 +191,25 @@ class Backbone:
     device: torch.device
     preprocessing: str = "standard"
     image_limits: ImageLimits = DEFAULTS.image_limits
+    towers: OnnxTowers | None = None  # None: the forward passes run in PyTorch
 
     def __post_init__(self):
         self.transform = build_transform(self.base_transform, self.preprocessing)
         # explain holds it: one gradient pass at a time on the shared model
         self.lock = threading.Lock()
+
+    @property
+    def runtime(self) -> str:
+        return self.towers.runtime if self.towers else "torch"
+
+    @property
+    def runtime_agreement(self) -> float:
+        """Lowest cosine between this runtime's embeddings and PyTorch's on the probe set."""
+        return self.towers.agreement if self.towers else 1.0
+
+    def on_torch(self) -> Backbone:
+        """The same model with its forward passes in PyTorch (gradients, fingerprints)."""
+        return replace(self, towers=None) if self.towers else self
 
     @property
     def dim(self) -> int:
@@ -207,25 +229,18 @@ class Backbone:
 
     @property
     def image_size(self) -> int:
-        size = self.model.visual.image_size
-        return int(size[0] if isinstance(size, tuple | list) else size)
+        return input_size(self.model)
 
     def with_preprocessing(self, preprocessing: str) -> Backbone:
-        return Backbone(
-            self.spec,
-            self.model,
-            self.base_transform,
-            self.tokenizer,
-            self.device,
-            preprocessing,
-            self.image_limits,
-        )
+        return replace(self, preprocessing=preprocessing)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
 
     @torch.inference_mode()
     def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.towers:
+            return self.towers.encode_image(pixels)
         with self._autocast():
             features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(features.float(), dim=-1)
@@ -245,6 +260,8 @@ class Backbone:
 
     @torch.inference_mode()
     def encode_token_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.towers:
+            return self.towers.encode_text(tokens)
         with self._autocast():
             features = self.model.encode_text(tokens.to(self.device))
         return torch.nn.functional.normalize(features.float(), dim=-1)
@@ -274,15 +291,39 @@ def load_backbone(
     preprocessing: str = "standard",
     device: str | None = None,
     image_limits: ImageLimits = DEFAULTS.image_limits,
+    runtime: str = "torch",
+    cache_dir: str | Path = DEFAULTS.cache_dir,
 ) -> Backbone:
-    """Build once per (spec, device) and share: models are read-only at inference."""
+    """Build once per (spec, device) and share: models are read-only at inference.
+
+    An ONNX `runtime` exports the towers under `cache_dir` the first time these weights are seen.
+    """
     resolved = str(pick_device(device))
     local = _local_dir(spec)
     key = str(local.resolve()) if local is not None else spec
+    if check_runtime(runtime) != "torch" and resolved != "cpu":
+        raise BadInput(f"runtime {runtime} runs on the CPU; use runtime torch on {resolved}")
     model, transform, tokenizer = _load_cached(key, resolved)
+    towers = None
+    if runtime != "torch":
+        towers = _towers(key, resolved, runtime, str(cache_dir), torch.get_num_threads())
     return Backbone(
-        spec, model, transform, tokenizer, torch.device(resolved), preprocessing, image_limits
+        spec,
+        model,
+        transform,
+        tokenizer,
+        torch.device(resolved),
+        preprocessing,
+        image_limits,
+        towers,
     )
+
+
+@lru_cache(maxsize=8)
+def _towers(key: str, device: str, runtime: str, cache_dir: str, threads: int) -> OnnxTowers:
+    model, transform, tokenizer = _load_cached(key, device)
+    folder = exported_folder(model, transform, tokenizer, input_size(model), cache_dir)
+    return OnnxTowers(folder, runtime, threads)
 
 
 def new_model(arch: str, device: str | None = None):
@@ -307,4 +348,5 @@ def save_backbone(model: torch.nn.Module, arch_or_cfg: str | dict, directory: st
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     _load_cached.cache_clear()
+    _towers.cache_clear()
     return directory

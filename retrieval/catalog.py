@@ -12,13 +12,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval.backbone import Backbone, load_backbone
+from retrieval.backbone import Backbone, load_backbone, pick_device
 from retrieval.composed.combiner import combiner_composer, load_combiner
 from retrieval.composed.phi import load_phi, zero_shot_composer
 from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import NotFound, RetrievalError
 from retrieval.hub import fetch
 from retrieval.index import Index
+from retrieval.runtime import check_runtime
 from retrieval.search import Searcher
 
 
@@ -32,6 +33,7 @@ class CollectionSpec:
     combiner: str | None = None
     phi: str | None = None
     vocabulary: str | None = None
+    runtime: str = "torch"  # where queries run on a CPU: torch, onnx or onnx-int8
     examples: list[str] = field(default_factory=list)
 
     @classmethod
@@ -71,6 +73,14 @@ def composers_for(spec: CollectionSpec) -> dict:
     return composers
 
 
+def serving_runtime(spec: CollectionSpec, settings: Settings) -> str:
+    """SR_RUNTIME when set; else the collection's own runtime on a CPU, and PyTorch on a GPU."""
+    if settings.runtime:
+        return check_runtime(settings.runtime, "SR_RUNTIME")
+    own = check_runtime(spec.runtime, f'"runtime" of collection {spec.name!r}')
+    return own if pick_device(settings.device).type == "cpu" else "torch"
+
+
 def open_collection(spec: CollectionSpec, settings: Settings = DEFAULTS) -> Collection:
     index_dir = fetch(spec.index, "dataset")
     index = Index.load(index_dir)
@@ -79,6 +89,8 @@ def open_collection(spec: CollectionSpec, settings: Settings = DEFAULTS) -> Coll
         preprocessing=index.manifest["preprocessing"],
         device=settings.device,
         image_limits=settings.image_limits,
+        runtime=serving_runtime(spec, settings),
+        cache_dir=settings.cache_dir,
     )
     searcher = Searcher(index, backbone, composers_for(spec), max_k=settings.max_k)
     return Collection(spec, index, backbone, searcher)

@@ -38,6 +38,7 @@ class Settings:
     collections_file: str = str(ROOT / "collections.json")
     cache_dir: str = str(ROOT / "cache")
     device: str = ""  # "" picks CUDA when present, else CPU
+    runtime: str = ""  # torch | onnx | onnx-int8; "" runs each collection on its own runtime
     batch_size: int = 64
     num_workers: int = 2
     max_upload_mb: int = 200

@@ -366,7 +366,9 @@ def explain(
 
     whole_image pads the image to a square first so every pixel is explained; False uses the
     backbone's own preprocessing (the exact view the index scored, possibly centre-cropped).
+    Always PyTorch, whatever runtime serves the searches: the heatmap needs gradients.
     """
+    backbone = backbone.on_torch()
     method = pick_method(backbone, method)
     picture = backbone.open(image)
     target = query_vector(backbone, query)

@@ -36,6 +36,7 @@ from retrieval.collection import Item, scan_folder
 from retrieval.config import DEFAULTS, Settings
 from retrieval.embed import embed_files
 from retrieval.errors import BadInput, IndexMismatch, NotFound
+from retrieval.runtime import MIN_AGREEMENT, combined_agreement
 
 FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -183,6 +184,24 @@ class Index:
                 f"the index at {self.directory} was built with {built_with}; the model in use "
                 f"({backbone.spec}) has the same dimension but different weights"
             )
+        self.check_runtime(backbone)
+
+    def runtimes(self) -> dict[str, float]:
+        """Each runtime whose vectors the index holds, with its agreement with PyTorch."""
+        return self.manifest.get("runtimes") or {"torch": 1.0}
+
+    def check_runtime(self, backbone: Backbone) -> None:
+        """Vectors from one runtime and queries from another meet only when they agree closely."""
+        for runtime, agreement in self.runtimes().items():
+            bound = combined_agreement(agreement, backbone.runtime_agreement)
+            if runtime != backbone.runtime and bound < MIN_AGREEMENT:
+                raise IndexMismatch(
+                    f"the index at {self.directory} holds {runtime} embeddings and queries run on "
+                    f"{backbone.runtime}: for this model they agree only to cosine {bound:.4f} "
+                    f"(needed: {MIN_AGREEMENT}); search with runtime {runtime} (--runtime, "
+                    f'SR_RUNTIME or the collection\'s "runtime") or rebuild the index with '
+                    f"{backbone.runtime}"
+                )
 
     # -- lookups -----------------------------------------------------------------------------
     def position(self, item_id: str) -> int:
@@ -382,6 +401,7 @@ def build_index(
         "model_fingerprint": model_fingerprint(backbone),
         "dim": backbone.dim,
         "preprocessing": backbone.preprocessing,
+        "runtimes": {backbone.runtime: backbone.runtime_agreement},
         "normalized": True,
         "index_type": index_type,
         "index_params": index_params or {},
@@ -433,8 +453,10 @@ def update_index(
     if not rows:
         raise BadInput(f"no readable images left in {folder}")
     parts = ([np.stack(keep_vectors)] if keep_vectors else []) + ([new_vectors] if new_rows else [])
+    runtimes = index.runtimes() | ({backbone.runtime: backbone.runtime_agreement} if todo else {})
     manifest = {
         **index.manifest,
+        "runtimes": runtimes,
         "source_root": relative_path(folder, Path(out_dir)),
         "skipped": _skip_records(skipped + failed),
     }

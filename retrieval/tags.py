@@ -204,7 +204,7 @@ def _ensembled(backbone: Backbone, group: Group) -> np.ndarray:
 
 def text_features(backbone: Backbone, vocabulary: Vocabulary) -> list[np.ndarray]:
     """Per group, the ensembled term features; cached per (model, vocabulary)."""
-    key = (id(backbone.model), str(backbone.device), vocabulary.fingerprint())
+    key = (id(backbone.model), str(backbone.device), backbone.runtime, vocabulary.fingerprint())
     with _cache_lock:
         cached = _feature_cache.get(key)
     if cached is None:

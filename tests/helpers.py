@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -57,21 +60,21 @@ def make_collection(root: Path, with_metadata: bool = True) -> Path:
     return root
 
 
-def shipped_shapes_recall(method: str) -> dict[str, dict[str, float]]:
+def shipped_shapes_recall(method: str, runtime: str | None = None) -> dict[str, dict[str, float]]:
     """CIRR metrics on the shipped Shapes test split for image-only, text-only, sum and one composed
-    method of the shipped Shapes collection (its own weights, as the app serves it)."""
-    from retrieval.backbone import load_backbone
+    method of the shipped Shapes collection, as the app serves it: the index's PyTorch vectors for
+    the gallery and the references, the collection's runtime (or `runtime`) for the query texts."""
     from retrieval.catalog import Catalog, composers_for
     from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
-    from retrieval.config import ROOT, SHAPES_MODEL_DIR
+    from retrieval.config import ROOT
     from retrieval.data.composed import read_cirr
     from retrieval.data.features import split_features
     from retrieval.eval.composed import evaluate_split
 
     spec = Catalog.from_file(ROOT / "collections.json").specs["shapes"]
-    backbone = load_backbone(str(SHAPES_MODEL_DIR), device="cpu")
     test = read_cirr(ROOT / "precomputed" / "shapes", "test")
-    features = split_features(test, backbone, cache=False, progress=False)
+    features = split_features(test, shipped_backbone("torch"), cache=False, progress=False)
+    backbone = shipped_backbone(runtime or spec.runtime)
     composers = {
         "image": image_only_composer,
         "text": text_only_composer,
@@ -82,6 +85,18 @@ def shipped_shapes_recall(method: str) -> dict[str, dict[str, float]]:
         name: evaluate_split(test, backbone, composer, features, progress=False).metrics
         for name, composer in composers.items()
     }
+
+
+def shipped_backbone(runtime: str = "torch"):
+    """The shipped ShapesCLIP-Tiny; ONNX exports go to one folder per test session."""
+    from retrieval.backbone import load_backbone
+    from retrieval.config import SHAPES_MODEL_DIR
+
+    return load_backbone(str(SHAPES_MODEL_DIR), device="cpu", runtime=runtime, cache_dir=EXPORTS)
+
+
+EXPORTS = tempfile.mkdtemp(prefix="sr-test-onnx-")
+atexit.register(shutil.rmtree, EXPORTS, True)
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -22,7 +22,15 @@ from retrieval.cli.composed import (
     run_train_stage1,
 )
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
-from retrieval.cli.options import add_recipe, apply_recipe, device_of, recipe_values
+from retrieval.cli.options import (
+    add_device,
+    add_recipe,
+    add_runtime,
+    apply_recipe,
+    device_of,
+    recipe_values,
+    runtime_of,
+)
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
 from retrieval.cli.shapes import (
     add_generate_arguments,
@@ -45,6 +53,8 @@ def _backbone(args, spec: str | None = None, preprocessing: str | None = None):
         preprocessing=preprocessing or getattr(args, "preprocessing", "standard"),
         device=device_of(args),
         image_limits=args.settings.image_limits,
+        runtime=runtime_of(args),
+        cache_dir=args.settings.cache_dir,
     )
 
 
@@ -198,7 +208,8 @@ def _add_index(sub):
         default="{}",
         help='JSON of FAISS parameters, e.g. \'{"m": 32, "ef_search": 64}\' or \'{"nlist": 1024, "nprobe": 16}\'',
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    add_device(parser)
+    add_runtime(parser)
     parser.set_defaults(func=_cmd_index)
 
 
@@ -213,7 +224,8 @@ def _add_update(sub):
         "--metadata", help="metadata CSV/JSONL (default: the one used at build time)"
     )
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
-    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    add_device(parser)
+    add_runtime(parser)
     parser.set_defaults(func=_cmd_update)
 
 
@@ -236,7 +248,8 @@ def _add_search(sub):
     )
     parser.add_argument("--tag", action="append", help="only items carrying this tag (repeatable)")
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
-    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    add_device(parser)
+    add_runtime(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_cmd_search)
 
@@ -319,7 +332,8 @@ def _add_tag(sub):
         help="also save tags in the index metadata (merge with or replace existing tags)",
     )
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
-    parser.add_argument("--device", help="cpu or cuda (default: CUDA when present)")
+    add_device(parser)
+    add_runtime(parser)
     parser.set_defaults(func=_cmd_tag)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from retrieval.backbone import PREPROCESSING
 from retrieval.errors import BadInput
+from retrieval.runtime import RUNTIMES, check_runtime
 
 
 def add_preprocessing(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,21 @@ def add_preprocessing(parser: argparse.ArgumentParser) -> None:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+
+
+def add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        help="where the model runs on a CPU: torch (default), onnx or onnx-int8 (ONNX Runtime, "
+        "exported once per model under SR_CACHE_DIR; default: SR_RUNTIME)",
+    )
+
+
+def runtime_of(args) -> str:
+    """--runtime, else SR_RUNTIME, else torch."""
+    runtime = getattr(args, "runtime", None) or args.settings.runtime or "torch"
+    return check_runtime(runtime, "SR_RUNTIME")
 
 
 def device_of(args) -> str:

@@ -127,7 +127,9 @@ def test_tag_and_explain_an_item(page):
     assert heatmap.bounding_box()["width"] >= 250
     assert "relevance heatmap" in heatmap.get_attribute("alt")
     assert page.locator("#explain-output label:not(.hide)").count() == 0  # none over the heatmap
-    assert "Similarity" in text_of(page, "explain-note")
+    note = text_of(page, "explain-note")
+    assert "Similarity" in note
+    assert "computed with PyTorch" in note and "onnx-int8" in note  # searches run on ONNX here
     assert "test-0000-img0" in page.locator("#explain-item-image img").get_attribute("src")
     shot(page, "explain")
 

@@ -62,6 +62,7 @@ def test_collections_items_and_images(client):
     assert [c["name"] for c in listing] == ["demo"] and listing[0]["examples"] == ["a red circle"]
     info = client.get("/api/collections/demo").json()
     assert info["count"] == 8 and info["composed_methods"] == ["sum"] and not info["uploaded"]
+    assert info["runtime"] == "torch"
     item = client.get("/api/collections/demo/items/red-circle").json()
     assert item["item"]["artist"] == "Bruno" and "fingerprint" not in item["item"]
     thumb = client.get(item["thumb_url"])

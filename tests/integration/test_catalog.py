@@ -1,8 +1,10 @@
 import json
+from dataclasses import replace
 
 import pytest
 
 from retrieval.catalog import Catalog, CollectionSpec, CollectionUnavailable
+from retrieval.config import Settings
 from retrieval.errors import NotFound
 from retrieval.index import build_index
 from tests.helpers import make_collection
@@ -67,3 +69,26 @@ def test_state_does_not_load(catalog_file):
     assert catalog.state("local") == "loaded"
     catalog.status("missing")
     assert "does not exist" in catalog.state("missing")
+
+
+def test_a_collection_runs_on_its_own_runtime_unless_the_server_sets_one(catalog_file, tmp_path):
+    config = json.loads(catalog_file.read_text())
+    config["collections"][0]["runtime"] = "onnx-int8"
+    catalog_file.write_text(json.dumps(config))
+    settings = Settings(device="cpu", cache_dir=str(tmp_path / "cache"))
+    local = Catalog.from_file(catalog_file, settings).get("local")
+    assert local.backbone.runtime == "onnx-int8"
+    assert local.searcher.similar("red-circle", k=1).hits  # a torch index, int8 queries
+    assert (
+        Catalog.from_file(catalog_file, replace(settings, runtime="torch"))
+        .get("local")
+        .backbone.runtime
+        == "torch"
+    )
+    assert "SR_RUNTIME" in Catalog.from_file(
+        catalog_file, replace(settings, runtime="fast")
+    ).status("local")
+    config["collections"][0]["runtime"] = "fast"
+    catalog_file.write_text(json.dumps(config))
+    reason = Catalog.from_file(catalog_file, settings).status("local")
+    assert "\"runtime\" of collection 'local'" in reason and "onnx-int8" in reason

@@ -128,3 +128,51 @@ def test_the_shipped_recipes_name_only_real_options():
         parser = build_parser()
         apply_recipe(parser.commands[command], *recipe_values(["--recipe", str(path)]))
         assert parser.parse_args([command]).out, path
+
+
+def test_index_and_search_on_onnx_runtime(tmp_path, capsys, monkeypatch):
+    """The shipped model indexed and queried on ONNX Runtime int8: the manifest says so, a
+    PyTorch query on that index still finds the same item, and a bad SR_RUNTIME is named."""
+    monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
+    make_collection(tmp_path / "images")
+    index = str(tmp_path / "index")
+    model = str(ROOT / "precomputed" / "shapes-clip-tiny")
+    assert (
+        main(
+            [
+                "index",
+                str(tmp_path / "images"),
+                "--out",
+                index,
+                "--model",
+                model,
+                "--runtime",
+                "onnx-int8",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["info", index]) == 0
+    runtimes = json.loads(capsys.readouterr().out)["runtimes"]
+    assert list(runtimes) == ["onnx-int8"] and runtimes["onnx-int8"] > 0.999
+    assert any((tmp_path / "cache" / "onnx").glob("*/text.int8.onnx"))
+    tops = []
+    for runtime in ("onnx-int8", "torch"):
+        query = [
+            "search",
+            "a red circle",
+            "--index",
+            index,
+            "-k",
+            "3",
+            "--json",
+            "--runtime",
+            runtime,
+        ]
+        assert main(query) == 0
+        tops.append(json.loads(capsys.readouterr().out)["hits"][0]["id"])
+    assert tops == ["red-circle", "red-circle"]
+    monkeypatch.setenv("SR_RUNTIME", "int8")
+    assert main(["search", "a red circle", "--index", index]) != 0
+    assert "SR_RUNTIME" in capsys.readouterr().err

@@ -239,6 +239,7 @@ def info(request: Request, collection: Collection, uploaded: bool) -> dict:
         "dim": index.dim,
         "index_type": str(index.manifest.get("index_type", "flat")),
         "preprocessing": collection.backbone.preprocessing,
+        "runtime": collection.backbone.runtime,
         "composed_methods": sorted(collection.searcher.composers),
         "vocabulary": spec.vocabulary,
         "uploaded": uploaded,

@@ -43,6 +43,10 @@ class CollectionInfo(CollectionSummary):
     dim: int
     index_type: str
     preprocessing: str
+    runtime: str = Field(
+        description="where queries are embedded: torch, onnx or onnx-int8 (ONNX Runtime); "
+        "heatmaps always use torch"
+    )
     composed_methods: list[str] = Field(description="values accepted by search/composed `method`")
     vocabulary: str | None = Field(None, description="default tagging vocabulary")
     uploaded: bool = Field(description="true for collections created through the API")
@@ -120,7 +124,10 @@ class TagsResponse(BaseModel):
 
 
 class ExplainResponse(BaseModel):
-    score: float = Field(description="cosine similarity of image and query: what the map explains")
+    score: float = Field(
+        description="cosine similarity of image and query: what the map explains; always computed "
+        "with PyTorch (the map needs gradients), whatever runtime serves the collection's searches"
+    )
     method: str
     width: int = Field(description="width of the explained image in pixels")
     height: int

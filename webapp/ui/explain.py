@@ -57,7 +57,18 @@ def explain(
         raise BadInput("type the text the image should be explained against")
     heatmap = analysis.explain(collection, reference_of(image, item_id), query, method)
     note = f"Similarity **{heatmap.score:.3f}** · method `{heatmap.method}`"
-    return heatmap.overlay(float(opacity)), note
+    return heatmap.overlay(float(opacity)), note + runtime_note(collection)
+
+
+def runtime_note(collection: Collection) -> str:
+    """Searches may run on ONNX Runtime; heatmaps never do, and people comparing scores should know."""
+    runtime = collection.backbone.runtime
+    if runtime == "torch":
+        return ""
+    return (
+        f" · computed with PyTorch: heatmaps need gradients, so they do not use the {runtime} "
+        "runtime that serves this collection's searches (its scores differ in the third decimal)"
+    )
 
 
 def build() -> SimpleNamespace:
