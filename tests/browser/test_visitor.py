@@ -28,6 +28,7 @@ RED_STAR = VAL / "dev-0001-img1.png"  # "a large red star at the top": not in th
 def test_land_search_an_example_open_a_result_and_find_similar(page):
     wait_for_results(page, "browse-gallery", 24)
     assert visible_images(page, "browse-gallery") == 24  # the first page, all of it on screen
+    assert "on ONNX Runtime (int8)" in text_of(page, "collection-status")  # #20: how it runs
     shot(page, "gallery")
     open_tab(page, "text", "Text search")
     page.get_by_text("a large red circle", exact=True).first.click()  # an example runs at once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.backbone import load_backbone
 from retrieval.catalog import CollectionUnavailable
 from retrieval.config import Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
@@ -91,12 +93,17 @@ def test_unknown_and_foreign_session_collections_are_refused(catalog):
         get_collection(catalog, None, "")
 
 
-def test_choices_summary_and_methods(catalog, scenes):
+def test_choices_summary_and_methods(catalog, scenes, micro_model_dir, tmp_path):
     assert collection_choices(catalog) == [
         ("Test scenes", "scenes"),
         ("Remote (Hub only)", "remote"),
     ]
-    assert "9 items" in collection_summary(scenes)
+    assert "9 items" in collection_summary(scenes) and "ONNX" not in collection_summary(scenes)
+    int8 = load_backbone(
+        str(micro_model_dir), "standard", "cpu", runtime="onnx-int8", cache_dir=tmp_path
+    )
+    on_int8 = replace(scenes, backbone=int8)
+    assert "on ONNX Runtime (int8)" in collection_summary(on_int8)
     assert artists(scenes) == ["Bruno", "Anna"]  # Bruno has 5 of the 9 items
     assert composed_methods(scenes) == ["sum"]
 

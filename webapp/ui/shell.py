@@ -137,11 +137,15 @@ def wire(demo: gr.Blocks, shell: Shell) -> None:
     )
 
 
+RUNTIME_WORDS = {"onnx": " on ONNX Runtime", "onnx-int8": " on ONNX Runtime (int8)"}
+
+
 def collection_summary(collection: Collection) -> str:
     spec, index = collection.spec, collection.index
     methods = ", ".join(collection.searcher.composers)
     text = f"**{html.escape(spec.title or spec.name)}**: {len(index):,} items"
     text += f" · searched with the model `{display_spec(index.model_spec())}`"
+    text += RUNTIME_WORDS.get(collection.backbone.runtime, "")
     text += f" · composed search: {methods}"
     if spec.description:
         text += f"\n\n{html.escape(spec.description)}"
