@@ -26,7 +26,7 @@ from retrieval.config import DEFAULTS, ImageLimits
 from retrieval.errors import BadInput, ModelUnavailable
 from retrieval.hub import HUB_PREFIX, fetch
 from retrieval.images import ImageSource, open_image
-from retrieval.runtime import OnnxTowers, check_runtime, exported_folder
+from retrieval.runtime import OnnxTowers, check_runtime, load_towers
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PREPROCESSING = ("standard", "targetpad", "squarepad")
@@ -322,8 +322,8 @@ def load_backbone(
 @lru_cache(maxsize=8)
 def _towers(key: str, device: str, runtime: str, cache_dir: str, threads: int) -> OnnxTowers:
     model, transform, tokenizer = _load_cached(key, device)
-    folder = exported_folder(model, transform, tokenizer, input_size(model), cache_dir)
-    return OnnxTowers(folder, runtime, threads)
+    size = input_size(model)
+    return load_towers(model, transform, tokenizer, size, runtime, cache_dir, threads)
 
 
 def new_model(arch: str, device: str | None = None):

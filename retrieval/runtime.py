@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval.errors import BadInput
+from retrieval.errors import BadInput, ModelUnavailable
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 EXPORT_FORMAT = 2  # part of the export folder's name: bump it to export every model again
@@ -169,6 +169,27 @@ def exported_folder(model, transform, tokenizer, image_size: int, cache_dir: str
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def load_towers(
+    model, transform, tokenizer, size: int, runtime: str, cache_dir, threads: int
+) -> OnnxTowers:
+    """The towers of these weights, exported first if needed. A damaged export (a truncated file,
+    a deleted one) is a cache fault, not the user's: it is exported again, once."""
+    folder = exported_folder(model, transform, tokenizer, size, cache_dir)
+    try:
+        return OnnxTowers(folder, runtime, threads)
+    except Exception:  # onnxruntime's errors derive from Exception only
+        shutil.rmtree(folder, ignore_errors=True)
+    folder = exported_folder(model, transform, tokenizer, size, cache_dir)
+    try:
+        return OnnxTowers(folder, runtime, threads)
+    except Exception as error:
+        raise ModelUnavailable(
+            f"the ONNX export in {folder} cannot be read even after exporting it again "
+            f"({type(error).__name__}: {str(error)[:200]}); use runtime torch, or check that "
+            f"{cache_dir} (SR_CACHE_DIR) is writable and has space"
+        ) from error
 
 
 class OnnxTowers:

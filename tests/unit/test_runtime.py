@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval import backbone as backbone_module
 from retrieval.backbone import load_backbone, new_model, save_backbone
 from retrieval.errors import BadInput, IndexMismatch
 from retrieval.explain import explain
@@ -148,3 +149,18 @@ def test_an_update_records_the_runtime_of_its_new_vectors(torch_index, micro_mod
     update_index(torch_index, int8, progress=False)
     runtimes = Index.load(torch_index).runtimes()
     assert runtimes == {"torch": 1.0, "onnx-int8": int8.runtime_agreement}
+
+
+def test_a_damaged_export_is_exported_again(micro_model_dir, tmp_path):
+    """A truncated file in the cache (a full disk, a killed copy) costs one export, not an error."""
+    load_backbone(str(micro_model_dir), device="cpu", runtime="onnx", cache_dir=tmp_path)
+    [folder] = export_folders(tmp_path)
+    damaged = folder / "text.int8.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    backbone_module._towers.cache_clear()  # as in a fresh process: no sessions loaded yet
+    int8 = load_backbone(
+        str(micro_model_dir), device="cpu", runtime="onnx-int8", cache_dir=tmp_path
+    )
+    reference = int8.on_torch().encode_texts(TEXTS)
+    assert cosines(int8.encode_texts(TEXTS), reference).min() > 0.98
+    assert export_folders(tmp_path) == [folder] and damaged.stat().st_size > 1000
