@@ -88,7 +88,15 @@ class ServedApp:
         import uvicorn
 
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="none")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                ws="none",
+                # clients (gradio_client, browsers) keep event streams open: do not wait for them
+                timeout_graceful_shutdown=1,
+            )
         )
         self.thread = None
 
@@ -108,4 +116,5 @@ class ServedApp:
 
     def __exit__(self, *exc):
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the app's server thread did not stop"

@@ -50,6 +50,20 @@ def check_consistent(directory) -> int:
     return number
 
 
+def wait_for_generation(directory, above: int, timeout: float = 60.0) -> int:
+    """The first consistent generation past `above` that the index serves; no timing assumed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            number = check_consistent(directory)
+        except FileNotFoundError:  # the version CURRENT named was pruned meanwhile: read again
+            continue
+        if number > above:
+            return number
+        time.sleep(0.005)
+    raise AssertionError(f"no version past {above} within {timeout} s")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_killing_a_writer_at_random_moments_never_breaks_the_index(tmp_path):
     directory = tmp_path / "index"
@@ -60,14 +74,15 @@ def test_killing_a_writer_at_random_moments_never_breaks_the_index(tmp_path):
     for _round in range(25):
         writer = context.Process(target=rewrite_forever, args=(directory, start), daemon=True)
         writer.start()
-        time.sleep(rng.uniform(0.01, 0.25))
+        wait_for_generation(directory, start)  # it got a version out: kill it in a later one
+        time.sleep(rng.uniform(0.0, 0.05))
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
         assert writer.exitcode == -signal.SIGKILL
         number = check_consistent(directory)
         seen.add(number)
         start = number + 1000  # the next writer's generations never repeat earlier ones
-    assert len(seen) > 5  # the writer did get versions out between kills
+    assert len(seen) == 25  # every round served its own writer's version
     leftovers = [p.name for p in (directory / "versions").iterdir() if not p.name.startswith(".")]
     assert len(leftovers) <= 3  # old versions are pruned; only unfinished staging dirs may remain
 
@@ -81,14 +96,10 @@ def test_reader_sees_whole_versions_while_a_writer_runs(tmp_path):
     )
     writer.start()
     try:
-        deadline, loads = time.monotonic() + 3.0, 0
-        while time.monotonic() < deadline:
-            try:
-                check_consistent(directory)
-            except FileNotFoundError:
-                continue  # the version read from CURRENT was pruned meanwhile: retry, as callers do
-            loads += 1
+        newest = 0
+        for _ in range(20):  # 20 loads, each of a later version than the one before
+            newest = wait_for_generation(directory, newest)
     finally:
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
-    assert loads > 10
+    assert newest >= 20
