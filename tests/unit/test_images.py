@@ -38,6 +38,20 @@ def test_cmyk_jpeg_becomes_rgb_with_the_same_colours():
     assert abs(centre - np.array([220, 30, 30])).max() < 40
 
 
+def test_an_exif_rotated_jpeg_is_upright():
+    """Phones store pixels as the sensor saw them plus an orientation tag: honour the tag."""
+    upright = np.zeros((16, 32, 3), np.uint8)
+    upright[:, :16] = (220, 30, 30)  # red on the left, blue on the right
+    upright[:, 16:] = (40, 60, 220)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as the sensor saw it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    decoded = np.asarray(open_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes())))
+    assert decoded.shape == (16, 32, 3)
+    assert decoded[8, 4, 0] > 180 and decoded[8, 4, 2] < 80  # red left
+    assert decoded[8, 28, 2] > 180 and decoded[8, 28, 0] < 80  # blue right
+
+
 def test_sixteen_bit_png_keeps_its_contrast():
     ramp = (np.arange(64 * 8, dtype=np.uint16).reshape(8, 64) * 120).astype(np.uint16)
     decoded = np.asarray(open_image(encode(Image.fromarray(ramp), "PNG")))
