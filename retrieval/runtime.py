@@ -199,6 +199,11 @@ class OnnxTowers:
         import onnxruntime
 
         self.folder, self.runtime = Path(folder), check_runtime(runtime)
+        meta = self.folder / "export.json"  # absent only while `export` is measuring it
+        # lowest cosine to PyTorch on the probe set, as measured when the towers were exported
+        self.agreement = (
+            float(json.loads(meta.read_text())["agreement"][runtime]) if meta.is_file() else None
+        )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -211,12 +216,6 @@ class OnnxTowers:
             )
             for name in (image_file, text_file)
         )
-
-    @property
-    def agreement(self) -> float:
-        """Lowest cosine to PyTorch on the probe set, as measured when the towers were exported."""
-        meta = json.loads((self.folder / "export.json").read_text())
-        return float(meta["agreement"][self.runtime])
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         inputs = {"pixels": pixels.detach().cpu().float().numpy()}
