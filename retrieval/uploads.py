@@ -295,6 +295,8 @@ def create_collection_from_zip(
         try:
             os.rename(staging, final)  # atomic; fails if another upload took the name meanwhile
         except OSError as error:
+            if not final.exists():
+                raise  # a disk error, not a name taken: say what happened
             raise Conflict(
                 f"a collection named {name!r} already exists; choose another name"
             ) from error
@@ -312,7 +314,12 @@ def replace_folder(complete: Path, target: Path) -> None:
     old = target.with_name(f".replaced-{uuid.uuid4().hex}")
     if target.exists():
         os.rename(target, old)
-    os.rename(complete, target)
+    try:
+        os.rename(complete, target)
+    except OSError:
+        if old.exists():
+            os.rename(old, target)  # the swap failed: the old folder serves on
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
