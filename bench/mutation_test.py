@@ -40,7 +40,7 @@ TARGETS = {
     "index": (["retrieval/index.py"], ["tests/unit/test_index.py", "tests/unit/test_index_rules.py", "tests/unit/test_exact_search.py", "tests/integration/test_atomic_writes.py", "tests/integration/test_fault_injection.py"]),
     "search": (["retrieval/search.py"], ["tests/unit/test_search.py", "tests/unit/test_search_rules.py"]),
     "images": (["retrieval/images.py"], ["tests/unit/test_images.py", "tests/unit/test_image_rules.py"]),
-    "uploads": (["retrieval/uploads.py"], ["tests/integration/test_uploads.py", "tests/integration/test_upload_rules.py", "tests/integration/test_fault_injection.py"]),
+    "uploads": (["retrieval/uploads.py"], ["tests/integration/test_uploads.py", "tests/integration/test_upload_rules.py", "tests/integration/test_upload_faults.py"]),
     "catalog": (["retrieval/catalog.py"], ["tests/integration/test_catalog.py", "tests/integration/test_catalog_rules.py"]),
     "api-validation": (
         ["webapp/api/deps.py", "webapp/api/limits.py", "webapp/api/errors.py"],

@@ -5,6 +5,7 @@ fails for a one-line change that the broader tests let through."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -78,7 +79,8 @@ def test_a_build_records_how_to_read_its_vectors_again(built, micro_backbone, tm
         row["fingerprint"]
         == f"{(folder / row['file']).stat().st_size}-{(folder / row['file']).stat().st_mtime_ns}"
     )
-    assert row["thumb"].startswith("red-circle-") and on_disk.thumb_path("red-circle").is_file()
+    digest = hashlib.sha1(row["fingerprint"].encode()).hexdigest()[:10]
+    assert row["thumb"] == f"red-circle-{digest}.jpg" and on_disk.thumb_path("red-circle").is_file()
 
 
 def test_a_named_metadata_file_is_recorded_and_reused_by_updates(tmp_path, micro_backbone):
@@ -203,6 +205,8 @@ def test_runtimes_a_version_holds_and_which_queries_meet_them(tmp_path):
     legacy = tiny_index(tmp_path / "legacy")
     assert legacy.runtimes() == {"torch": 1.0}
     legacy.check_runtime(a_backbone("onnx-int8", 0.999))
+    edge = tiny_index(tmp_path / "edge", runtimes={"onnx": 0.99})
+    edge.check_runtime(a_backbone("torch", 1.0))  # exactly the needed agreement is enough
     poor = tiny_index(tmp_path / "poor", runtimes={"onnx-int8": 0.97})
     poor.check_runtime(a_backbone("onnx-int8", 0.97))  # its own runtime: the vectors are its own
     with pytest.raises(IndexMismatch) as error:
@@ -313,6 +317,13 @@ def test_ann_structures_take_their_parameters(tmp_path):
         vectors,
     )
     assert faiss.extract_index_ivf(probed.ann).nprobe == 3
+    plain_hnsw = write_version(
+        tmp_path / "hnsw2",
+        manifest(index_type="hnsw"),
+        [{"id": str(n)} for n in range(600)],
+        vectors,
+    )
+    assert faiss.downcast_index(plain_hnsw.ann).hnsw.efSearch == 64
     defaults = write_version(
         tmp_path / "ivf2",
         manifest(index_type="ivfpq", index_params={"nlist": 8}),
@@ -322,7 +333,9 @@ def test_ann_structures_take_their_parameters(tmp_path):
     assert faiss.extract_index_ivf(defaults.ann).nprobe == 16
 
 
-@pytest.mark.parametrize("dim,m", [(512, 64), (96, 48), (64, 32), (40, 8), (6, 2), (3, 1)])
+@pytest.mark.parametrize(
+    "dim,m", [(512, 64), (96, 48), (64, 32), (40, 8), (20, 4), (12, 4), (6, 2), (3, 1)]
+)
 def test_pq_splits_each_vector_into_at_least_two_dimensions_per_code(dim, m):
     assert index_module._pq_subquantizers(dim) == m
 
@@ -340,3 +353,37 @@ def test_old_versions_and_leftovers_are_pruned(tmp_path):
     assert (
         json.loads((directory / "versions" / kept[0] / "manifest.json").read_text())["count"] == 5
     )
+
+
+def test_exactly_three_unreadable_files_are_all_named_with_no_remainder(tmp_path, micro_backbone):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "abc":
+        (folder / f"{name}.png").write_bytes(b"not an image")
+    with pytest.raises(BadInput) as error:
+        build_index(folder, tmp_path / "index", micro_backbone, progress=False)
+    assert "c.png" in str(error.value) and "more" not in str(error.value)
+
+
+def test_the_settings_reach_the_embedding_of_a_build(tmp_path, micro_backbone):
+    from retrieval.config import Settings
+
+    folder = make_collection(tmp_path / "images")
+    built = build_index(
+        folder, tmp_path / "index", micro_backbone, progress=False, settings=Settings(thumb_size=20)
+    )
+    assert max(Image.open(built.index.thumb_path("red-circle")).size) == 20
+
+
+def test_an_update_records_the_runtime_of_new_vectors_only_when_it_embeds(
+    built, micro_backbone, tmp_path
+):
+    folder, report = built
+    index = report.index
+    recorded = {**index.manifest, "runtimes": {"onnx": 0.999}}
+    write_version(tmp_path / "index", recorded, index.items, np.asarray(index.vectors))
+    unchanged = update_index(tmp_path / "index", micro_backbone, progress=False)
+    assert unchanged.index.manifest["runtimes"] == {"onnx": 0.999}  # nothing embedded
+    Image.new("RGB", (30, 30), (9, 9, 9)).save(folder / "new.png")
+    grown = update_index(tmp_path / "index", micro_backbone, progress=False)
+    assert grown.index.manifest["runtimes"] == {"onnx": 0.999, "torch": 1.0}
