@@ -28,7 +28,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
-from bench.report import command_line, write_section
+from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "runs" / "mutation"
@@ -140,12 +140,13 @@ def score(status: dict[str, str]) -> tuple[int, int, float]:
 
 def report(results: dict, before: dict, reasons: dict[str, str], work: Path) -> str:
     lines = [
-        f"Command: `{command_line()}`\n",
         "Each module is mutated by mutmut 3 in its own copy of the repository and run against the "
         "tests written for it (the second column); killed = those tests fail (or time out). "
-        f"Goal: at least {GOAL:.0%} per module. 'Before' is the same script on the tests as "
-        "they were when this issue was opened.\n",
-        "| module | tests | mutants | killed | survived | no test | score | before |",
+        f"Goal: at least {GOAL:.0%} per module. 'Before' is a full run on the tests as they "
+        "were when this work began (`--save-before`); the scores are a full run followed by "
+        "`--survivors-only` re-runs as tests were added (a killed mutant stays killed: tests were "
+        "only added). A survivor is either explained below or marked **unexplained**.\n",
+        "| module | tests | mutants | killed | survived | not re-run | score | before |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, status in results.items():
@@ -156,7 +157,7 @@ def report(results: dict, before: dict, reasons: dict[str, str], work: Path) -> 
         names = ", ".join(Path(t).stem for t in tests)
         lines.append(
             f"| {', '.join(files)} | {names} | {total} | {caught} | {counts['survived']} | "
-            f"{counts['no tests']} | **{rate:.1%}** | {was} |"
+            f"{counts['not re-run'] + counts['no tests']} | **{rate:.1%}** | {was} |"
         )
     lines += ["", "Surviving mutants, each with why it is kept:", ""]
     for key, status in results.items():

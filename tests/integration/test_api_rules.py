@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 
 import pytest
@@ -255,3 +256,40 @@ def test_the_api_lists_no_collection_it_was_not_given(tmp_path):
     settings = Settings(cache_dir=str(tmp_path))
     listed = TestClient(create_api(Catalog([], settings), settings)).get("/api/collections")
     assert listed.json()["collections"] == []
+
+
+def test_openapi_states_this_servers_names_limits_and_fields(tmp_path):
+    """The published schema is what an integrator codes against: it must say the real limits."""
+    from retrieval.catalog import CollectionSpec
+    from webapp.api.deps import COLLECTION_PATTERN
+
+    settings = Settings(cache_dir=str(tmp_path), max_k=30, max_image_mb=3)
+    catalog = Catalog([CollectionSpec(name="demo", title="Demo", index=str(tmp_path / "none"))])
+    spec = TestClient(create_api(catalog, settings)).get("/openapi.json").json()
+    paths = spec["paths"]
+    found = {
+        (path, p["name"]): p for path, ops in paths.items() for op in ops.values()
+        for p in op.get("parameters", [])
+    }  # fmt: skip
+    collection = found[("/api/collections/{collection}/items", "collection")]
+    assert collection["schema"]["pattern"] == COLLECTION_PATTERN
+    assert collection["schema"]["examples"] == ["demo"]
+    assert collection["description"] == "collection name (see GET /api/collections)"
+    k = found[("/api/collections/{collection}/search/text", "k")]
+    assert (k["schema"]["minimum"], k["schema"]["maximum"]) == (1, 30)
+    assert k["description"] == "number of results in this page"
+    limit = found[("/api/collections/{collection}/items", "limit")]
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 30)
+    empty = Catalog([], settings)
+    fallback = TestClient(create_api(empty, settings)).get("/openapi.json").json()
+    assert '"examples": ["shapes"]' in json.dumps(fallback)
+    assert "an image (at most 3 MB)" in json.dumps(spec)
+
+
+def test_bad_collection_names_and_limits_are_refused_before_any_lookup(demo_index, tmp_path):
+    client = client_for(demo_index, tmp_path, max_k=30)
+    assert client.get("/api/collections/bad%20name/items").status_code == 422
+    for limit in (0, 31):
+        refused = client.get("/api/collections/demo/items", params={"limit": limit})
+        assert refused.status_code == 422 and refused.json()["message"].startswith("limit: ")
+    assert client.get("/api/collections/demo/items", params={"limit": 30}).status_code == 200

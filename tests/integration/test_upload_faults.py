@@ -14,7 +14,7 @@ import pytest
 from retrieval import uploads as uploads_module
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from retrieval.errors import BadInput
+from retrieval.errors import BadInput, Conflict
 from retrieval.index import Index
 from retrieval.uploads import create_collection_from_zip, uploaded_specs
 from tests.helpers import make_collection
@@ -111,3 +111,23 @@ def test_a_session_reupload_failing_at_any_step_keeps_the_old_upload(
     assert session.collections["my:mine"] is mine
     assert len(Index.load(session.folder / "mine" / "index")) == 8
     assert_serves(mine)
+
+
+def test_an_upload_that_loses_the_name_at_the_last_moment_says_so(
+    tmp_path, monkeypatch, micro_backbone, scenes_zip
+):
+    """Another upload of the same name finishes between the check and the final rename."""
+    settings = Settings(cache_dir=str(tmp_path / "cache"))
+    rename = os.rename
+
+    def taken_meanwhile(source, target, *args, **kwargs):
+        if Path(source).name.startswith(".incoming-"):
+            Path(target).mkdir()
+            (Path(target) / "collection.json").write_text("{}")
+        return rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", taken_meanwhile)
+    with pytest.raises(Conflict) as error:
+        create_collection_from_zip(scenes_zip, "race", micro_backbone, settings)
+    assert str(error.value) == "a collection named 'race' already exists; choose another name"
+    assert sorted(p.name for p in (tmp_path / "cache" / "uploads").iterdir()) == ["race"]

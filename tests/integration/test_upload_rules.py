@@ -9,6 +9,7 @@ import json
 import os
 import time
 import zipfile
+from dataclasses import replace
 
 import pytest
 
@@ -154,13 +155,16 @@ def test_a_compression_ratio_is_judged_on_big_members_only():
     )
 
 
-def test_the_unzipped_total_is_inclusive_and_named():
+def test_the_unzipped_total_is_inclusive_and_named(tmp_path):
     members = {"a.png": bytes(MB), "b.png": bytes(MB)}
     loose = Settings(max_zip_ratio=1000, max_unzipped_mb=2, max_zip_images=3)
     assert len(plan(members, loose, compression=zipfile.ZIP_STORED)) == 2
     with pytest.raises(TooLarge) as error:
         plan(members | {"c.png": b"x"}, loose, compression=zipfile.ZIP_STORED)
     assert str(error.value) == "the zip expands to 2 MB; the limit is 2 MB (SR_MAX_UNZIPPED_MB)"
+    stored = make_zip(members, compression=zipfile.ZIP_STORED)
+    extracted = import_zip(stored, tmp_path / "exact", replace(loose, max_upload_mb=3))
+    assert sorted(p.stat().st_size for p in extracted.iterdir()) == [MB, MB]  # the last byte fits
     halves = {f"{n}.png": bytes(MB // 2) for n in range(3)}  # each below the per-member check
     with pytest.raises(TooLarge) as error:
         plan(halves, Settings(max_zip_ratio=50, max_unzipped_mb=5, max_zip_images=3))
@@ -209,6 +213,9 @@ def test_a_zip_is_read_from_bytes_a_path_or_an_open_stream(tmp_path):
     stream.seek(7)  # wherever the caller left it
     assert (import_zip(stream, tmp_path / "b", CAPS) / "a.png").is_file()
     assert not stream.closed  # the caller's stream is the caller's to close
+    assert import_zip(io.BytesIO(zip_of_size(MB)), tmp_path / "full", CAPS).is_dir()
+    with pytest.raises(TooLarge):
+        import_zip(io.BytesIO(zip_of_size(MB + MB // 10)), tmp_path / "over", CAPS)
     with pytest.raises(NotFound) as error:
         import_zip(tmp_path / "missing.zip", tmp_path / "m", CAPS)
     assert str(error.value) == "zip file missing.zip not found"
@@ -330,9 +337,12 @@ def test_the_servers_settings_reach_extraction_and_indexing(tmp_path, micro_back
     few = Settings(cache_dir=str(tmp_path / "cache"), max_zip_images=7)
     with pytest.raises(TooLarge, match="the zip holds 8 images; the limit is 7"):
         create_collection_from_zip(scenes_zip, "many", micro_backbone, few)
-    small = Settings(cache_dir=str(tmp_path / "cache"), thumb_size=16)
+    small = Settings(cache_dir=str(tmp_path / "cache"), thumb_size=16, max_k=7)
     made = create_collection_from_zip(scenes_zip, "small", micro_backbone, small, index_type="hnsw")
     assert made.index.manifest["index_type"] == "hnsw" and made.index.ann is not None
+    assert made.searcher.max_k == 7 and made.backbone is micro_backbone
+    folder = tmp_path / "cache" / "uploads" / "small"
+    assert sorted(p.name for p in folder.iterdir()) == ["collection.json", "images", "index"]
     from PIL import Image
 
     assert max(Image.open(made.index.thumb_path("red-circle")).size) == 16
@@ -361,6 +371,10 @@ def test_a_replaced_folder_that_cannot_be_removed_does_not_fail_the_swap(tmp_pat
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".replaced-")]
     assert len(left) == 1  # hidden: never served, and swept when the server next starts
     monkeypatch.undo()
+    replaced = tmp_path / ".incoming-z"
+    replaced.mkdir()
+    replace_folder(replaced, target)  # removable now: nothing of the old folder is left
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".replaced-")]) == 1
     first = tmp_path / ".incoming-y"
     first.mkdir()
     replace_folder(first, tmp_path / "fresh")  # nothing to replace: no error either

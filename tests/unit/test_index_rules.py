@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval import __version__
 from retrieval import index as index_module
 from retrieval.backbone import model_fingerprint
 from retrieval.errors import BadInput, IndexMismatch, NotFound
@@ -62,6 +63,7 @@ def test_a_build_records_how_to_read_its_vectors_again(built, micro_backbone, tm
     folder, report = built
     recorded = report.index.manifest
     assert recorded["format"] == FORMAT_VERSION and recorded["dim"] == micro_backbone.dim
+    assert recorded["retrieval_version"] == __version__
     assert recorded["model_spec"] == os.path.relpath(micro_backbone.spec, tmp_path / "index")
     assert recorded["model_fingerprint"] == model_fingerprint(micro_backbone)
     assert recorded["runtimes"] == {"torch": 1.0} and recorded["normalized"] is True
@@ -281,6 +283,7 @@ def test_search_within_allowed_positions_and_on_an_empty_index(tmp_path):
         assert nothing[0].shape == nothing[1].shape == (1, 0)
         assert (nothing[0].dtype, nothing[1].dtype) == (np.float32, np.int64)
     assert index.search(query, 50)[1].shape == (1, 20)
+    assert index.search(query, 1)[1].tolist() == [[7]]
     empty = write_version(tmp_path / "empty", manifest(), [], np.zeros((0, DIM), np.float32))
     assert empty.search(query, 5)[1].shape == (1, 0) and empty.ann is None
 
