@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi import FastAPI, UploadFile
@@ -24,6 +25,13 @@ from webapp.api.errors import Forbidden, Unauthorized, error_kind, validation_me
 from webapp.api.limits import FORM_OVERHEAD, MB, BodySizeLimit
 
 demo_index = test_api.demo_index  # the API tests' collection, built once per module here too
+
+
+def run_apart(coroutine):
+    """Run a coroutine on its own loop in its own thread: the browser tests' Playwright keeps
+    an event loop running in the main thread, where asyncio.run() is refused."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 # -- body caps ------------------------------------------------------------------------------------
@@ -98,10 +106,10 @@ def test_a_declared_length_that_is_not_a_number_is_refused():
         await BodySizeLimit(body_length_app(), Settings(max_image_mb=1))(scope, receive, send)
         return sent[0]["status"]
 
-    assert asyncio.run(call([(b"content-length", b"12x")])) == 413
-    assert asyncio.run(call([(b"content-length", str(IMAGE_CAP + 1).encode())])) == 413
-    assert asyncio.run(call([(b"content-length", str(IMAGE_CAP).encode())])) == 200
-    assert asyncio.run(call([])) == 200
+    assert run_apart(call([(b"content-length", b"12x")])) == 413
+    assert run_apart(call([(b"content-length", str(IMAGE_CAP + 1).encode())])) == 413
+    assert run_apart(call([(b"content-length", str(IMAGE_CAP).encode())])) == 200
+    assert run_apart(call([])) == 200
 
 
 def test_other_protocols_pass_through():
@@ -110,7 +118,7 @@ def test_other_protocols_pass_through():
     async def app(scope, receive, send):
         seen.append(scope["type"])
 
-    asyncio.run(BodySizeLimit(app, Settings())({"type": "lifespan", "path": "/api/x"}, None, None))
+    run_apart(BodySizeLimit(app, Settings())({"type": "lifespan", "path": "/api/x"}, None, None))
     assert seen == ["lifespan"]
 
 
