@@ -99,8 +99,10 @@ def run_module(key: str, children: int, work: Path, survivors_only: bool) -> dic
             run = ["mutmut", "run", "--max-children", str(children), *again]
             subprocess.run(run, cwd=work, env=ENV, stdout=out, stderr=subprocess.STDOUT)
     current = read_mutmut(work)
-    status = {**previous, **{name: current.get(name, "not checked") for name in again}}
-    status = status or current
+    if survivors_only:
+        status = {**previous, **{name: current.get(name, "not checked") for name in again}}
+    else:
+        status = current
     if not status or "not checked" in status.values():
         sys.exit(f"mutmut left mutants of {key} unchecked: see {work / 'mutmut.log'}")
     (work / RESULTS).write_text(json.dumps(status, indent=1, ensure_ascii=False))
@@ -134,7 +136,7 @@ def mutant_diff(work: Path, name: str) -> str:
 
 def score(status: dict[str, str]) -> tuple[int, int, float]:
     counts = Counter(status.values())
-    caught = sum(counts[status] for status in CAUGHT)
+    caught = sum(counts[kind] for kind in CAUGHT)
     return caught, len(status), caught / len(status)
 
 

@@ -52,6 +52,17 @@ def tiny_index(directory, count: int = 5, items=None, **fields) -> Index:
     return write_version(directory, manifest(**fields), items, unit_vectors(len(items)))
 
 
+def unreadable_build_error(tmp_path, backbone, names: str) -> str:
+    """The message of building a folder of one unreadable `<name>.png` per letter of `names`."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in names:
+        (folder / f"{name}.png").write_bytes(b"not an image")
+    with pytest.raises(BadInput) as error:
+        build_index(folder, tmp_path / "index", backbone, progress=False)
+    return str(error.value)
+
+
 @pytest.fixture
 def built(tmp_path, micro_backbone):
     folder = make_collection(tmp_path / "images")
@@ -122,13 +133,7 @@ def test_a_build_report_says_what_it_did_and_names_each_skip(built, tmp_path):
 def test_a_folder_of_unreadable_files_names_the_first_three_and_counts_the_rest(
     tmp_path, micro_backbone
 ):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in "abcde":
-        (folder / f"{name}.png").write_bytes(b"not an image")
-    with pytest.raises(BadInput) as error:
-        build_index(folder, tmp_path / "index", micro_backbone, progress=False)
-    message = str(error.value)
+    message = unreadable_build_error(tmp_path, micro_backbone, "abcde")
     assert message.startswith("none of the 5 images could be read: a.png: ")
     assert "; b.png: " in message and "; c.png: " in message and "d.png" not in message
     assert message.endswith("; and 2 more")
@@ -359,13 +364,8 @@ def test_old_versions_and_leftovers_are_pruned(tmp_path):
 
 
 def test_exactly_three_unreadable_files_are_all_named_with_no_remainder(tmp_path, micro_backbone):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in "abc":
-        (folder / f"{name}.png").write_bytes(b"not an image")
-    with pytest.raises(BadInput) as error:
-        build_index(folder, tmp_path / "index", micro_backbone, progress=False)
-    assert "c.png" in str(error.value) and "more" not in str(error.value)
+    message = unreadable_build_error(tmp_path, micro_backbone, "abc")
+    assert "c.png" in message and "more" not in message
 
 
 def test_the_settings_reach_the_embedding_of_a_build(tmp_path, micro_backbone):
