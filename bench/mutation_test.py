@@ -37,14 +37,14 @@ GOAL = 0.85
 
 # module key -> (files mutated, the tests written for them)
 TARGETS = {
-    "index": (["retrieval/index.py"], ["tests/unit/test_index.py", "tests/unit/test_index_rules.py", "tests/unit/test_exact_search.py", "tests/integration/test_atomic_writes.py", "tests/integration/test_fault_injection.py"]),
+    "index": (["retrieval/index.py"], ["tests/unit/test_index.py", "tests/unit/test_index_rules.py", "tests/unit/test_exact_search.py", "tests/unit/test_mutation_gaps_index.py", "tests/integration/test_atomic_writes.py", "tests/integration/test_fault_injection.py"]),
     "search": (["retrieval/search.py"], ["tests/unit/test_search.py", "tests/unit/test_search_rules.py"]),
     "images": (["retrieval/images.py"], ["tests/unit/test_images.py", "tests/unit/test_image_rules.py"]),
-    "uploads": (["retrieval/uploads.py"], ["tests/integration/test_uploads.py", "tests/integration/test_upload_rules.py", "tests/integration/test_upload_faults.py"]),
+    "uploads": (["retrieval/uploads.py"], ["tests/integration/test_uploads.py", "tests/integration/test_upload_rules.py", "tests/integration/test_upload_faults.py", "tests/integration/test_mutation_gaps_uploads.py"]),
     "catalog": (["retrieval/catalog.py"], ["tests/integration/test_catalog.py", "tests/integration/test_catalog_rules.py"]),
     "api-validation": (
         ["webapp/api/deps.py", "webapp/api/limits.py", "webapp/api/errors.py"],
-        ["tests/integration/test_api.py", "tests/integration/test_api_rules.py", "tests/integration/test_cors.py", "tests/integration/test_error_logging.py"],
+        ["tests/integration/test_api.py", "tests/integration/test_api_rules.py", "tests/integration/test_cors.py", "tests/integration/test_error_logging.py", "tests/integration/test_mutation_gaps_api.py"],
     ),
 }  # fmt: skip
 CAUGHT = ("killed", "timeout")

@@ -148,7 +148,7 @@ def pipeline_run(backbone, folder: Path, out_dir: Path, count: int, settings: Se
     totals: dict[str, float] = {}
     with (
         timed_calls(index_module, "embed_files", totals),
-        timed_calls(index_module, "_write_atomic", totals),
+        timed_calls(index_module, "write_atomic", totals),
         timed_calls(index_module, "write_version", totals),
         timed_calls(index_module, "model_fingerprint", totals),
         timed_calls(backbone, "encode_image_tensors", totals),
@@ -163,7 +163,7 @@ def pipeline_run(backbone, folder: Path, out_dir: Path, count: int, settings: Se
         "cpu_per_image": (cpu_seconds() - cpu) / count,
         "forward": totals.get("encode_image_tensors", 0.0),
         "waiting": totals.get("embed_files", 0.0) - totals.get("encode_image_tensors", 0.0),
-        "thumbs": totals.get("_write_atomic", 0.0),
+        "thumbs": totals.get("write_atomic", 0.0),
         "write": totals.get("write_version", 0.0),
         "fingerprint": totals.get("model_fingerprint", 0.0),
     }

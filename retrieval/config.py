@@ -49,6 +49,7 @@ class Settings:
     max_unzipped_mb: int = 2_000  # total size a zip upload may expand to
     max_k: int = 200
     thumb_size: int = 256
+    map_method: str = "auto"  # the collection map: auto | umap | pca (see retrieval.layout)
     api_key: str = ""
     cors_origins: tuple = ()
     host: str = "127.0.0.1"

@@ -3,7 +3,7 @@
 Layout (every write makes a new version and then flips CURRENT with an atomic rename, so a crash
 mid-write leaves the previous version loadable):
     index_dir/CURRENT                  name of the live version
-    index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, [index.faiss]
+    index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, map.npy, [index.faiss]
     index_dir/thumbs/<id>-<hash>.jpg   shared by versions, written before the flip
 """
 
@@ -36,6 +36,7 @@ from retrieval.collection import Item, scan_folder
 from retrieval.config import DEFAULTS, Settings
 from retrieval.embed import embed_files
 from retrieval.errors import BadInput, IndexMismatch, NotFound
+from retrieval.layout import compute_layout
 from retrieval.runtime import MIN_AGREEMENT, combined_agreement
 
 FORMAT_VERSION = 1
@@ -111,7 +112,7 @@ def _write_lock(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
@@ -127,12 +128,17 @@ class Index:
     items: list[dict]
     vectors: np.ndarray
     ann: faiss.Index | None = None
+    layout: np.ndarray | None = None  # the collection map, (n, 2) in [0, 1]; None in old versions
+    version: str = ""  # the version directory's name: caches derived from it live there
 
     def __post_init__(self):
         self._positions = {item["id"]: position for position, item in enumerate(self.items)}
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._positions
 
     @property
     def dim(self) -> int:
@@ -153,7 +159,8 @@ class Index:
         current = directory / "CURRENT"
         if not current.is_file():
             raise NotFound(f"{directory} is not an index (no CURRENT file); build one with `index`")
-        version_dir = directory / "versions" / current.read_text().strip()
+        version = current.read_text().strip()
+        version_dir = directory / "versions" / version
         manifest = json.loads((version_dir / "manifest.json").read_text())
         if manifest.get("format") != FORMAT_VERSION:
             raise IndexMismatch(
@@ -166,7 +173,8 @@ class Index:
         if (version_dir / "index.faiss").is_file():
             ann = faiss.read_index(str(version_dir / "index.faiss"), faiss.IO_FLAG_MMAP)
             _set_search_params(ann, manifest.get("index_params", {}))
-        index = cls(directory, manifest, items, vectors, ann)
+        layout = np.load(version_dir / "map.npy") if (version_dir / "map.npy").is_file() else None
+        index = cls(directory, manifest, items, vectors, ann, layout, version)
         if backbone is not None:
             index.check_backbone(backbone)
         return index
@@ -204,6 +212,9 @@ class Index:
                 )
 
     # -- lookups -----------------------------------------------------------------------------
+    def version_dir(self) -> Path:
+        return self.directory / "versions" / self.version
+
     def position(self, item_id: str) -> int:
         try:
             return self._positions[item_id]
@@ -271,11 +282,26 @@ class Index:
         items = [dict(item) for item in self.items]
         for item_id, fields in updates.items():
             items[self.position(item_id)].update(fields)
-        return write_version(self.directory, self.manifest, items, np.asarray(self.vectors))
+        vectors = np.asarray(self.vectors)
+        return write_version(self.directory, self.manifest, items, vectors, self.layout)
+
+    def redraw_map(self, method: str) -> Index:
+        """A new version whose collection map is drawn with `method` (same items and vectors)."""
+        manifest = {**self.manifest, "map": {"requested": method}}
+        return write_version(self.directory, manifest, self.items, np.asarray(self.vectors))
 
 
-def write_version(directory: Path, manifest: dict, items: list[dict], vectors: np.ndarray) -> Index:
-    """Write a complete new version next to the live one, then flip CURRENT atomically."""
+def write_version(
+    directory: Path,
+    manifest: dict,
+    items: list[dict],
+    vectors: np.ndarray,
+    layout: np.ndarray | None = None,
+) -> Index:
+    """Write a complete new version next to the live one, then flip CURRENT atomically.
+
+    Without a `layout` (new vectors), the collection map is drawn with the method the manifest
+    asks for (`map.requested`)."""
     directory = Path(directory)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     manifest = {
@@ -283,6 +309,10 @@ def write_version(directory: Path, manifest: dict, items: list[dict], vectors: n
         "count": len(items),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if layout is None or len(layout) != len(vectors):
+        requested = manifest.get("map", {}).get("requested", "auto")
+        layout, drawn = compute_layout(vectors, requested)
+        manifest["map"] = {"requested": requested, **drawn}
     ann = (
         build_faiss(vectors, manifest["index_type"], manifest.get("index_params", {}))
         if len(items)
@@ -293,6 +323,7 @@ def write_version(directory: Path, manifest: dict, items: list[dict], vectors: n
         staging = directory / "versions" / f".{name}.tmp"
         staging.mkdir(parents=True)
         np.save(staging / "vectors.npy", vectors)
+        np.save(staging / "map.npy", np.asarray(layout, dtype=np.float32))
         if ann is not None:
             faiss.write_index(ann, str(staging / "index.faiss"))
         lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
@@ -302,7 +333,7 @@ def write_version(directory: Path, manifest: dict, items: list[dict], vectors: n
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(staging, directory / "versions" / name)
-        _write_atomic(directory / "CURRENT", name.encode())
+        write_atomic(directory / "CURRENT", name.encode())
         _prune_versions(directory, keep=name)
     return Index.load(directory)
 
@@ -338,7 +369,7 @@ def _embed_items(
         item = items[position]
         fingerprint = _file_fingerprint(item.path)
         row = {**item.meta, "fingerprint": fingerprint, "thumb": _thumb_name(item.id, fingerprint)}
-        _write_atomic(thumbs / row["thumb"], result.thumbs[position])
+        write_atomic(thumbs / row["thumb"], result.thumbs[position])
         rows.append(row)
     skipped = [(items[position].meta["file"], reason) for position, reason in result.failed]
     return rows, result.vectors, skipped
@@ -405,6 +436,7 @@ def build_index(
         "normalized": True,
         "index_type": index_type,
         "index_params": index_params or {},
+        "map": {"requested": settings.map_method},
         "source_root": relative_path(folder, out_dir),
         "metadata_file": relative_path(Path(metadata), out_dir) if metadata else None,
         "skipped": _skip_records(skipped + failed),

@@ -18,6 +18,7 @@ from retrieval.config import DEFAULTS
 from retrieval.errors import BadInput
 from retrieval.images import ImageSource
 from retrieval.index import Index
+from retrieval.layout import PLACE_NEIGHBOURS, place_query, score_profile
 
 _YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
 
@@ -98,6 +99,7 @@ class SearchResult:
     hits: list[Hit]
     query: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    vector: np.ndarray | None = None  # the query as searched: the map and score profile place it
 
 
 @dataclass
@@ -183,6 +185,49 @@ class Searcher:
         result.notes = notes
         return result
 
+    def part_ranks(self, reference, text: str, ids: list[str]) -> list[dict]:
+        """Where each composed hit ranks by the reference image alone and by the text alone:
+        a hit that neither part finds on its own is the composition's doing."""
+        reference_vector, _ = self._reference(reference)
+        text_vector, _ = self.text_vector(text)
+        by_reference, by_text = self.all_scores(reference_vector), self.all_scores(text_vector)
+        ranks = []
+        for item_id in ids:
+            position = self.index.position(item_id)
+            ranks.append(
+                {
+                    "id": item_id,
+                    "reference_rank": int((by_reference > by_reference[position]).sum()) + 1,
+                    "text_rank": int((by_text > by_text[position]).sum()) + 1,
+                }
+            )
+        return ranks
+
+    def explanation(self, result: SearchResult, k: int, min_score: float | None = None) -> dict:
+        """Why these results: the score profile over the whole collection (see
+        `layout.score_profile`) and where the query lands on the map, from one pass."""
+        scores = self.all_scores(result.vector)
+        return {
+            "profile": score_profile(scores, k, min_score),
+            "map_position": self._placed(scores),
+        }
+
+    def map_position(self, vector: np.ndarray) -> dict | None:
+        """Where the query lands on the collection map; None when the index has no map."""
+        return self._placed(self.all_scores(vector))
+
+    def _placed(self, scores: np.ndarray) -> dict | None:
+        if self.index.layout is None:
+            return None
+        count = min(PLACE_NEIGHBOURS, len(scores))
+        top = np.argpartition(-scores, count - 1)[:count]
+        x, y = place_query(self.index.layout, scores[top], top)
+        return {"x": x, "y": y}
+
+    def all_scores(self, vector: np.ndarray) -> np.ndarray:
+        """The query's similarity to every item (one pass over the stored vectors)."""
+        return np.asarray(self.index.vectors, np.float32) @ np.asarray(vector, np.float32)
+
     def by_vector(
         self,
         vector: np.ndarray,
@@ -215,7 +260,8 @@ class Searcher:
             [
                 Hit(self.index.items[p]["id"], s, offset + rank + 1, self.index.items[p])
                 for rank, (s, p) in enumerate(page)
-            ]
+            ],
+            vector=np.asarray(vector, np.float32),
         )
 
     def item(self, item_id: str) -> dict:

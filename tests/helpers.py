@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import csv
+import io
 import shutil
 import struct
 import tempfile
 import zlib
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -109,3 +110,33 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+# -- copies of an image, as a collection gets them (for the near-duplicate tests) ------------
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def centre_crop(image: Image.Image, share: float) -> Image.Image:
+    width, height = image.size
+    w, h = round(width * share), round(height * share)
+    left, top = (width - w) // 2, (height - h) // 2
+    return image.crop((left, top, left + w, top + h)).resize(image.size, Image.Resampling.BICUBIC)
+
+
+def recoloured(image: Image.Image) -> Image.Image:
+    image = ImageEnhance.Brightness(image).enhance(1.15)
+    image = ImageEnhance.Contrast(image).enhance(0.85)
+    return ImageEnhance.Color(image).enhance(1.2)
+
+
+def copies_of(image: Image.Image) -> dict[str, Image.Image]:
+    """Four copies of one image: re-encoded, turned, cropped, recoloured."""
+    return {
+        "jpeg": jpeg(image, 30),
+        "rotated": image.rotate(10, Image.Resampling.BICUBIC, fillcolor=image.getpixel((0, 0))),
+        "cropped": centre_crop(image, 0.85),
+        "recoloured": recoloured(image),
+    }

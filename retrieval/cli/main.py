@@ -31,6 +31,7 @@ from retrieval.cli.options import (
     recipe_values,
     runtime_of,
 )
+from retrieval.cli.overview import add_duplicates_command, add_map_command
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
 from retrieval.cli.shapes import (
     add_generate_arguments,
@@ -434,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_update(sub)
     _add_search(sub)
     _add_info(sub)
+    add_map_command(sub)
+    add_duplicates_command(sub)
     _add_push(sub)
     _add_pull(sub)
     _add_shapes(sub)

@@ -53,6 +53,8 @@ FIRST_ELEMENT = {
     "tagging": "tag-item",
     "explain": "explain-item",
     "upload": "upload-button",
+    "map": "map-query",
+    "duplicates": "find-duplicates",
 }
 
 
@@ -62,12 +64,14 @@ def box(page, elem_id: str):
 
 
 def wait_for_results(page, gallery_id: str, count: int | None = None) -> None:
-    """Until the gallery holds loaded images (exactly `count` of them when given)."""
+    """Until the gallery holds loaded images (exactly `count` of them when given). Images the
+    browser loads lazily are scrolled to, as a person scrolls down a phone to see them."""
     page.wait_for_function(
         """([id, count]) => {
           const images = [...document.querySelectorAll(`#${id} img`)];
-          return images.length > 0 && (count === null || images.length === count)
-            && images.every((i) => i.complete && i.naturalWidth > 0);
+          const waiting = images.find((i) => !(i.complete && i.naturalWidth > 0));
+          if (waiting && waiting.loading === 'lazy') waiting.scrollIntoView({block: 'nearest'});
+          return images.length > 0 && (count === null || images.length === count) && !waiting;
         }""",
         arg=[gallery_id, count],
     )

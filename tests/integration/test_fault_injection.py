@@ -57,7 +57,7 @@ STEPS = {
     "version rename": lambda mp: mp.setattr(
         os, "replace", fail_replacing_into_versions(os.replace)
     ),
-    "CURRENT flip": lambda mp: mp.setattr(index_module, "_write_atomic", fail),
+    "CURRENT flip": lambda mp: mp.setattr(index_module, "write_atomic", fail),
 }
 
 

@@ -18,34 +18,15 @@ import io
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from retrieval.catalog import Catalog
-from retrieval.config import ROOT, Settings
-from webapp.api import create_api
+from retrieval.config import ROOT
 from webapp.ui.composed import composed_search
 from webapp.ui.image_search import image_search
 from webapp.ui.text_search import text_search
 
 SHAPES = ROOT / "precomputed" / "shapes"
 TRIPLETS = json.loads((SHAPES / "captions" / "cap.rc2.test.json").read_text())[::16]
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    return Settings(cache_dir=str(tmp_path_factory.mktemp("relevance-cache")))
-
-
-@pytest.fixture(scope="module")
-def shapes(settings):
-    return Catalog.from_file(settings.collections_file, settings).get("shapes")
-
-
-@pytest.fixture(scope="module")
-def api(shapes, settings):
-    catalog = Catalog.from_file(settings.collections_file, settings)
-    return TestClient(create_api(catalog, settings))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ the X-API-Key header. Every error is a JSON body {"error": kind, "message": text
 Models and indexes are shared read-only between requests; requests keep no state.
 
 One router per resource: `collections` (collections and items), `search`, `analysis` (tags and
-heatmaps) and `service` (health, and JSON errors for unknown paths).
+heatmaps), `overview` (the collection map, near-duplicates) and `service` (health, and JSON
+errors for unknown paths).
 """
 
 import logging
@@ -18,7 +19,7 @@ from retrieval import __version__
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from retrieval.uploads import sweep_staging, uploaded_specs
-from webapp.api import analysis, collections, search, service
+from webapp.api import analysis, collections, overview, search, service
 from webapp.api.cors import ApiCors
 from webapp.api.deps import API_KEY_HEADER
 from webapp.api.errors import install_error_handlers
@@ -48,7 +49,7 @@ def create_api(catalog: Catalog, settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, settings=settings)
     app.add_middleware(ApiCors, origins=tuple(settings.cors_origins))
     app.include_router(service.router(catalog))
-    for resource in (collections, search, analysis):
+    for resource in (collections, search, analysis, overview):
         app.include_router(resource.router(catalog, settings))
     app.include_router(service.fallback)  # last: it answers every other path under /api
     return app

@@ -77,6 +77,36 @@ class HitOut(ItemOut):
     rank: int = Field(description="1-based position in the whole ranking (offset included)")
 
 
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="bin edges, one more than counts")
+    counts: list[int]
+
+
+class ScoreProfile(BaseModel):
+    """Why these results: the query's similarity over the whole collection."""
+
+    count: int = Field(description="items scored (the whole collection)")
+    best: float
+    median: float
+    spread: float = Field(description="standard deviation of the scores")
+    k: int
+    top_k_score: float = Field(description="the score at the top-k cut")
+    min_score: float | None = None
+    above_min_score: int | None = Field(None, description="items scoring at least min_score")
+    histogram: Histogram
+
+
+class MapPosition(BaseModel):
+    x: float = Field(description="on the collection map (GET .../map), 0..1")
+    y: float
+
+
+class PartRank(BaseModel):
+    id: str
+    reference_rank: int = Field(description="the hit's rank by the reference image alone")
+    text_rank: int = Field(description="the hit's rank by the text alone")
+
+
 class SearchResponse(BaseModel):
     collection: str
     query: dict[str, Any]
@@ -84,6 +114,13 @@ class SearchResponse(BaseModel):
     offset: int
     notes: list[str] = Field(description="remarks, e.g. that a long text was truncated")
     hits: list[HitOut]
+    profile: ScoreProfile | None = None
+    map_position: MapPosition | None = Field(
+        None, description="where the query lands on the collection map; null without a map"
+    )
+    part_ranks: list[PartRank] | None = Field(
+        None, description="composed search: each hit's rank by each part of the query alone"
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -108,6 +145,48 @@ class SearchResponse(BaseModel):
             ]
         }
     }
+
+
+class MapPoint(BaseModel):
+    id: str
+    x: float = Field(description="0..1")
+    y: float = Field(description="0..1")
+    group: str = Field(description="the colour group: a field's value, or 'top results'")
+    title: str
+
+
+class PlacedQuery(MapPosition):
+    text: str
+
+
+class CollectionMap(BaseModel):
+    collection: str
+    count: int = Field(description="items in the collection (points may be a sample)")
+    method: str | None = Field(None, description="umap or pca")
+    requested: str | None = None
+    seconds: float | None = Field(None, description="time the layout took when it was stored")
+    trustworthiness: float | None = Field(
+        None, description="k=10 on a sample; 1.0: every map neighbour is a true neighbour"
+    )
+    points: list[MapPoint]
+    query: PlacedQuery | None = None
+    top: list[ItemOut] = Field(description="the query's top results, best first")
+
+
+class DuplicateGroup(BaseModel):
+    score: float = Field(description="the weakest pixel match inside the group, 0..1")
+    items: list[ItemOut]
+
+
+class DuplicateGroups(BaseModel):
+    collection: str
+    min_copy_score: float
+    groups: list[DuplicateGroup] = Field(description="strongest first")
+
+
+class DuplicateDecisions(BaseModel):
+    collection: str
+    not_duplicates: list[list[str]] = Field(description="every group of ids marked so far")
 
 
 class TagOut(BaseModel):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
-from retrieval.search import Filters, SearchResult
+from retrieval.search import Filters, Searcher, SearchResult
 from webapp.api.deps import (
     MAX_TEXT_CHARS,
     ItemForm,
@@ -40,7 +40,16 @@ def filters(
 SearchFilters = Annotated[Filters, Depends(filters)]
 
 
-def search_response(request: Request, name: str, result: SearchResult, k: int, offset: int):
+def search_response(
+    request: Request,
+    name: str,
+    searcher: Searcher,
+    result: SearchResult,
+    paging: tuple[int, int, float | None],
+    part_ranks: list[dict] | None = None,
+):
+    """The hits, and why: the score profile over the collection and the query's map position."""
+    k, offset, min_score = paging
     hits = [
         {**item_out(request, name, hit.item), "score": hit.score, "rank": hit.rank}
         for hit in result.hits
@@ -52,6 +61,8 @@ def search_response(request: Request, name: str, result: SearchResult, k: int, o
         "offset": offset,
         "notes": result.notes,
         "hits": hits,
+        **searcher.explanation(result, offset + k, min_score),
+        "part_ranks": part_ranks,
     }
 
 
@@ -86,7 +97,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
     ):
         searcher = catalog.get(collection).searcher
         result = searcher.text(q, k=k, offset=offset, min_score=min_score, filters=search_filters)
-        return search_response(request, collection, result, k, offset)
+        return search_response(request, collection, searcher, result, (k, offset, min_score))
 
     @api.post(
         "/api/collections/{collection}/search/image",
@@ -111,7 +122,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
             result = searcher.image(read_upload(file, settings.max_image_mb), **options)
         else:
             result = searcher.similar(item_id, **options)
-        return search_response(request, collection, result, k, offset)
+        return search_response(request, collection, searcher, result, (k, offset, min_score))
 
     @api.post(
         "/api/collections/{collection}/search/composed",
@@ -161,6 +172,8 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
             min_score=min_score,
             filters=search_filters,
         )
-        return search_response(request, collection, result, k, offset)
+        parts = loaded.searcher.part_ranks(reference, text, [hit.id for hit in result.hits])
+        paging = (k, offset, min_score)
+        return search_response(request, collection, loaded.searcher, result, paging, parts)
 
     return api

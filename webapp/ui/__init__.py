@@ -14,8 +14,10 @@ import gradio as gr
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
 from webapp.ui import (
+    collection_map,
     composed,
     detail,
+    duplicates,
     endpoints,
     explain,
     gallery,
@@ -24,6 +26,7 @@ from webapp.ui import (
     shell,
     tagging,
     text_search,
+    why,
     your_collection,
 )
 from webapp.ui.common import clearing
@@ -94,6 +97,8 @@ def build_ui(catalog: Catalog, settings: Settings | None = None) -> gr.Blocks:
                 composed_tab = composed.build(settings, frame.start)
                 tagging_tab = tagging.build(frame.start)
                 explain_tab = explain.build()
+                map_tab = collection_map.build()
+                duplicates_tab = duplicates.build()
                 upload_tab = your_collection.build(settings)
             with gr.Column(scale=2, min_width=300, elem_id="detail-panel"):
                 panel = detail.build(frame)
@@ -105,8 +110,9 @@ def build_ui(catalog: Catalog, settings: Settings | None = None) -> gr.Blocks:
             (composed_tab.follows, composed.follow),
             (tagging_tab.follows, tagging.follow),
             (upload_tab.follows, your_collection.follow),
+            (map_tab.follows, collection_map.follow),
             *(clearing(part.stale) for part in (text_tab, image_tab, composed_tab, tagging_tab)),
-            *(clearing(part.stale) for part in (explain_tab, panel)),
+            *(clearing(part.stale) for part in (explain_tab, panel, map_tab, duplicates_tab)),
         ]
         shell.wire(demo, frame)
         gallery.wire(browse_tab, frame, panel)
@@ -114,6 +120,14 @@ def build_ui(catalog: Catalog, settings: Settings | None = None) -> gr.Blocks:
         text_search.wire(text_tab, frame, panel)
         image_search.wire(image_tab, frame, panel)
         composed.wire(composed_tab, frame, panel)
+        last_search = gr.State(None)  # the latest query of any search tab, for the map
+        for searching in (text_tab, image_tab, composed_tab):
+            why.wire(searching.explanation, frame, searching)
+            searching.query_used.change(
+                lambda query: query, searching.query_used, last_search, api_visibility="private"
+            )
+        collection_map.wire(map_tab, frame, panel, last_search)
+        duplicates.wire(duplicates_tab, frame, panel)
         tagging.wire(tagging_tab, frame)
         explain.wire(explain_tab, frame, panel)
         your_collection.wire(upload_tab, frame)
@@ -125,6 +139,8 @@ def build_ui(catalog: Catalog, settings: Settings | None = None) -> gr.Blocks:
             "tagging": (tagging, tagging_tab),
             "explain": (explain, explain_tab),
             "upload": (your_collection, upload_tab),
+            "map": (collection_map, map_tab),
+            "duplicates": (duplicates, duplicates_tab),
         }
         links.wire(demo, frame, pages)
         wire_tab_labels(demo, {tab_id: tab.page_tab for tab_id, (_, tab) in pages.items()})

@@ -10,6 +10,7 @@ import gradio as gr
 
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput
+from webapp.ui import why
 from webapp.ui.common import (
     GalleryItems,
     clicked_id,
@@ -148,6 +149,7 @@ def build(settings, first: Collection | None) -> SimpleNamespace:
         gr.Markdown(
             t("score_note_composed"), elem_classes=["score-note"], elem_id="composed-score-note"
         )
+        explanation = why.build("composed")
         chain = gr.State([])
         query_used = gr.State(None)
     follows = [method]
@@ -172,7 +174,8 @@ def run_step(current: Collection, image, item_id, text, method_name, k, steps) -
     warn(notes)
     item_id = (item_id or "").strip() or None
     title = reference_title(current, item_id)
-    query_used = {"type": "vector", "vector": vector}
+    parts = {"item": item_id, "image": image, "text": text}  # for each part's own ranks
+    query_used = {"type": "vector", "vector": vector, "parts": parts}
     steps = push_step(steps, item_id, image, title, text, method_name, hits, query_used)
     return item_image(current, item_id), gallery, hits, steps, trail(steps), query_used
 

@@ -2,7 +2,7 @@
 
 Every tab's gallery fills it when an image is clicked (`Detail.follow_clicks`). Its buttons
 lead into other tabs, so those tabs wire them: "Find similar" (image search), "Use as
-reference" (composed search) and "Why this result?" (explain).
+reference" (composed search), "Why this result?" (explain) and "Show on map" (map).
 """
 
 import html
@@ -28,6 +28,7 @@ class Detail:
     similar_button: gr.Button
     reference_button: gr.Button
     why_button: gr.Button
+    map_button: gr.Button
     why_image: gr.Image
     why_note: gr.Markdown
 
@@ -88,6 +89,7 @@ def build(shell: Shell) -> Detail:
         similar_button = gr.Button(t("find_similar"), size="sm", elem_id="find-similar")
         reference_button = gr.Button(t("use_as_reference"), size="sm", elem_id="use-as-reference")
         why_button = gr.Button(t("why_this_result"), size="sm", elem_id="why-button")
+        map_button = gr.Button(t("show_on_map"), size="sm", elem_id="show-on-map")
     # no visible label: it would cover the top of the heatmap
     why_image = large_image(t("why_this_result"), "why-image", show_label=False, visible=False)
     why_note = gr.Markdown(elem_id="why-note")
@@ -100,6 +102,7 @@ def build(shell: Shell) -> Detail:
         similar_button,
         reference_button,
         why_button,
+        map_button,
         why_image,
         why_note,
     )

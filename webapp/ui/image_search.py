@@ -10,6 +10,7 @@ import gradio as gr
 from retrieval.backbone import display_spec
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput
+from webapp.ui import why
 from webapp.ui.common import (
     GalleryItems,
     empty_note,
@@ -59,6 +60,7 @@ def build(settings) -> SimpleNamespace:
         model_note = gr.Markdown(elem_classes=["score-note"], elem_id="image-model-note")
         gallery, hits = results_gallery(t("similar_items"), "image-results")
         gr.Markdown(t("score_note_image"), elem_classes=["score-note"], elem_id="image-score-note")
+        explanation = why.build("image")
         query_used = gr.State(None)
     follows = [model_note]
     stale = {gallery: [], hits: None, query_used: None, item: ""}  # cleared on a new collection

@@ -34,6 +34,8 @@ TAB_FIELDS = {
     "tagging": ("item",),
     "explain": ("item", "text"),
     "upload": (),
+    "map": ("q",),
+    "duplicates": (),
 }
 MAX_FIELD_CHARS = 500
 

@@ -8,6 +8,7 @@ import gradio as gr
 from retrieval.catalog import Collection
 from retrieval.errors import BadInput
 from retrieval.search import Filters
+from webapp.ui import why
 from webapp.ui.common import (
     GalleryItems,
     empty_note,
@@ -97,6 +98,7 @@ def build(settings) -> SimpleNamespace:
             keyword = gr.Textbox(label=t("keyword"))
         gallery, hits = results_gallery(t("results"), "text-results")
         gr.Markdown(t("score_note_text"), elem_classes=["score-note"], elem_id="text-score-note")
+        explanation = why.build("text")
         query_used = gr.State(None)
     follows = [examples, artist, date_from, date_to]
     stale = {gallery: [], hits: None, query_used: None}  # cleared when the collection changes
