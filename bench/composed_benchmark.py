@@ -1,4 +1,4 @@
-"""Composed retrieval on the Shapes world: baselines, the Combiner (frozen and stage-1 CLIP), zero-shot.
+"""Composed retrieval on the Shapes world: baselines, the Combiner, zero-shot, in five languages.
 
 Measures only: evaluates the models that the recipes produce on the held-out Shapes test split with
 the CIRR protocol (whole test gallery, reference removed, Recall_subset over the img_set), and
@@ -8,16 +8,15 @@ measures the CPU cost of one composed query on a 100k-item index, relative to th
     python -m bench.composed_benchmark --cost-only      # only the per-query cost table
 
 The models come from recipes (each file says how to make its training data):
-    precomputed/shapes-combiner   python -m retrieval train-combiner --recipe recipes/shapes-combiner.toml
-    runs/composed/stage1-clip     python -m retrieval train-stage1 --recipe recipes/shapes-stage1.toml
-    runs/composed/stage1-combiner python -m retrieval train-combiner --recipe recipes/shapes-stage1-combiner.toml
-A stage-1 model that is missing shows as "not available" with the recipe that makes it.
+    precomputed/shapes-clip-tiny  python -m retrieval train-clip --recipe recipes/shapes-clip-tiny.toml
+    precomputed/shapes-combiner    python -m retrieval train-combiner --recipe recipes/shapes-combiner.toml
+    precomputed/shapes-phi         python -m retrieval train-phi --recipe recipes/shapes-phi.toml
+`--previous-model/-combiner/-phi` adds the rows of the models they replaced, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -33,12 +32,14 @@ from retrieval.backbone import (
 )
 from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
 from retrieval.composed.combiner import combiner_composer, load_combiner
+from retrieval.composed.phi import zero_shot_composer
 from retrieval.config import ROOT
 from retrieval.data.composed import read_cirr
 from retrieval.data.features import split_features
 from retrieval.eval.composed import evaluate_split
 from retrieval.eval.metrics import recall_gain
 from retrieval.eval.report import markdown_table
+from retrieval.shapes.languages import LANGUAGE_NAMES, parse_languages, split_in_language
 
 DATA = ROOT / "precomputed" / "shapes"
 MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
@@ -48,7 +49,6 @@ WORK = ROOT / "runs" / "composed"
 COLUMNS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean"]
 INDEX_SIZE = 100_000
 COST_QUERY = "make the red circle on the left a large blue square"
-STAGE1_RECIPES = "recipes/shapes-stage1.toml, then recipes/shapes-stage1-combiner.toml"
 
 
 # --------------------------------------------------------------------------- data
@@ -71,15 +71,11 @@ def evaluate(backbone, composers: dict, test, ranks: dict) -> dict[str, dict]:
     return results
 
 
-def zero_shot_row(backbone):
-    """The zero-shot composer when textual inversion and its Shapes weights are shipped."""
-    if not (PHI / "phi_config.json").is_file():
+def zero_shot_row(phi: Path):
+    """The zero-shot composer when phi weights are there."""
+    if not (phi / "phi_config.json").is_file():
         return None
-    try:
-        from retrieval.composed.phi import zero_shot_composer
-    except ImportError:
-        return None
-    return zero_shot_composer(str(PHI))
+    return zero_shot_composer(str(phi))
 
 
 # --------------------------------------------------------------------------- cost per query
@@ -195,10 +191,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-report", action="store_true", help="print only")
     parser.add_argument("--note", default="", help="a sentence added under the tables")
-    parser.add_argument("--combiner", type=Path, default=COMBINER, help="the frozen-CLIP Combiner")
-    parser.add_argument("--work", type=Path, default=WORK, help="stage-1 CLIP and its Combiner")
+    parser.add_argument("--combiner", type=Path, default=COMBINER, help="the shipped Combiner")
+    parser.add_argument("--phi", type=Path, default=PHI, help="the shipped phi")
+    parser.add_argument("--languages", default="en,it,fr,de,es", help="per-language table")
+    parser.add_argument("--previous-model", type=Path, help="the CLIP the shipped one replaced")
+    parser.add_argument("--previous-combiner", type=Path, help="its Combiner")
+    parser.add_argument("--previous-phi", type=Path, help="its phi")
     args = parser.parse_args()
-    globals().update(COMBINER=args.combiner, WORK=args.work)  # one run, one set of paths
+    globals().update(COMBINER=args.combiner, PHI=args.phi)  # one run, one set of paths
     torch.set_num_threads(args.threads)
     body = []
     if not args.cost_only:
@@ -219,67 +219,88 @@ def main() -> None:
         write_section("composed", "Composed retrieval on Shapes: Combiner vs baselines", text)
 
 
-def quality_section(args) -> str:
-    backbone = load_backbone(str(args.model))
-    stage1_dir, stage1_combiner = WORK / "stage1-clip", WORK / "stage1-combiner"
-    tuned = load_backbone(str(stage1_dir)) if stage1_dir.is_dir() else None
-    test = read_cirr(args.data, "test")
+def shipped_composers(combiner: Path, phi: Path) -> dict:
+    """The baselines and the trained methods of one shipped set of Shapes models."""
     composers = {
         "image only": image_only_composer,
         "text only": text_only_composer,
-        "sum (frozen CLIP)": sum_composer,
-        "Combiner (frozen CLIP)": combiner_composer(str(COMBINER)),
+        "sum": sum_composer,
+        "Combiner": combiner_composer(str(combiner)),
     }
-    zero_shot = zero_shot_row(backbone)
-    composers["zero-shot (textual inversion)"] = zero_shot
-    ranks = {}
-    results = evaluate(backbone, {k: v for k, v in composers.items() if v is not None}, test, ranks)
-    if tuned is not None:
-        stage1_composers = {"sum (stage-1 CLIP)": sum_composer}
-        if stage1_combiner.is_dir():
-            stage1_composers["Combiner (stage-1 CLIP)"] = combiner_composer(str(stage1_combiner))
-        results.update(evaluate(tuned, stage1_composers, test, ranks))
-    rows = []
-    order = [
-        "image only",
-        "text only",
-        "sum (frozen CLIP)",
-        "Combiner (frozen CLIP)",
-        "sum (stage-1 CLIP)",
-        "Combiner (stage-1 CLIP)",
-        "zero-shot (textual inversion)",
+    zero_shot = zero_shot_row(phi)
+    if zero_shot is not None:
+        composers["zero-shot (textual inversion)"] = zero_shot
+    return composers
+
+
+def table_rows(results: dict, prefix: str = "") -> list[list]:
+    return [
+        [prefix + name] + [metrics[key] for key in COLUMNS] for name, metrics in results.items()
     ]
-    for name in order:
-        if name in results:
-            rows.append([name] + [results[name][key] for key in COLUMNS])
-        else:
-            missing = (
-                f"not available (run {STAGE1_RECIPES})" if "stage-1" in name else "not available"
+
+
+def language_rows(backbone, composers: dict, args, languages) -> list[list]:
+    """Each method's R@1/5/10 with the edit requests in each language (same gallery, same edits)."""
+    test = read_cirr(args.data, "test")
+    features = split_features(test, backbone, cache=False, progress=False)
+    rows = []
+    for language in languages:
+        rephrased = split_in_language(test, args.data, language)
+        for name, composer in composers.items():
+            if name == "image only" and language != languages[0]:
+                continue  # the image alone reads no text
+            metrics = evaluate_split(
+                rephrased, backbone, composer, features, progress=False
+            ).metrics
+            rows.append(
+                [LANGUAGE_NAMES[language], name, metrics["R@1"], metrics["R@5"], metrics["R@10"]]
             )
-            rows.append([name, missing] + [""] * (len(COLUMNS) - 1))
-    best = max(("image only", "text only", "sum (frozen CLIP)"), key=lambda k: results[k]["R@1"])
-    baseline = results[best]["R@1"]
+    return rows
+
+
+def quality_section(args) -> str:
+    backbone = load_backbone(str(args.model))
+    test = read_cirr(args.data, "test")
+    composers = shipped_composers(COMBINER, PHI)
+    ranks = {}
+    results = evaluate(backbone, composers, test, ranks)
+    rows = table_rows(results)
+    if args.previous_model:
+        old = load_backbone(str(args.previous_model))
+        old_composers = shipped_composers(args.previous_combiner, args.previous_phi)
+        rows += table_rows(evaluate(old, old_composers, test, {}), "previous: ")
+    best = max(("image only", "text only", "sum"), key=lambda k: results[k]["R@1"])
     lines = [
         f"Shapes **test** split (held out; scenes disjoint from training): {len(test.queries)} "
         f"triplets, gallery of {len(test.gallery)} images, CIRR protocol (reference removed; "
         "Rs@K within the 5 other images of the reference's set; mean = mean of the 7 metrics). "
-        f"Backbone `{args.model.name}`. All numbers in %.",
+        f"Backbone `{args.model.name}`"
+        + (
+            f"; rows marked previous: the models it replaced (`{args.previous_model.name}`)"
+            if args.previous_model
+            else ""
+        )
+        + ". All numbers in %.",
         "",
         markdown_table(["query", *COLUMNS], rows),
         "",
-        f"Best training-free baseline (image-only / text-only / sum on the frozen CLIP): R@1 "
-        f"{baseline:.1f} ({best}). Target: the Combiner beats it by >= 10 points. In brackets: "
-        "bootstrap 95% interval of the gain, paired over the test queries (10,000 resamples).",
+        f"Best training-free baseline: R@1 {results[best]['R@1']:.1f} ({best}). Target: the "
+        "Combiner beats it by >= 10 points. In brackets: bootstrap 95% interval of the gain, "
+        "paired over the test queries (10,000 resamples).",
         *gain_lines(results, ranks, best),
         "",
-        combiner_line("frozen CLIP", COMBINER),
+        combiner_line(COMBINER),
     ]
-    if tuned is not None:
-        lines += stage1_lines(stage1_dir, stage1_combiner)
-    if zero_shot is None:
-        lines.append(
-            "Zero-shot row: precomputed/shapes-phi is not shipped yet; rerun this script once it is."
-        )
+    languages = parse_languages(args.languages)
+    if len(languages) > 1:
+        per_language = language_rows(backbone, composers, args, languages)
+        lines += [
+            "",
+            "Per language (the test split's edit requests rewritten by the generator in each "
+            "language; the image-only row reads no text):",
+            "",
+            markdown_table(["language", "query", "R@1", "R@5", "R@10"], per_language),
+        ]
     return "\n".join(lines)
 
 
@@ -291,17 +312,17 @@ def r1_gain(ranks: dict, method: str, baseline: str) -> str:
 
 def gain_lines(results: dict, ranks: dict, best: str) -> list[str]:
     lines = []
-    for backbone in ("frozen CLIP", "stage-1 CLIP"):
-        name = f"Combiner ({backbone})"
-        if name in results:
-            verdict = "met" if results[name]["R@1"] - results[best]["R@1"] >= 10 else "NOT met"
-            lines.append(f"- {name}: **{r1_gain(ranks, name, best)}** ({verdict}).")
-    if "Combiner (stage-1 CLIP)" in results and "sum (stage-1 CLIP)" in results:
-        extra = r1_gain(ranks, "Combiner (stage-1 CLIP)", "sum (stage-1 CLIP)")
-        lines.append(
-            f"- On the same stage-1 CLIP, the Combiner adds {extra} R@1 over the sum "
-            "(stage 1 itself is part of the CLIP4Cir method, so this is an ablation, not a baseline)."
-        )
+    if "Combiner" in results:
+        verdict = "met" if results["Combiner"]["R@1"] - results[best]["R@1"] >= 10 else "NOT met"
+        lines.append(f"- Combiner: **{r1_gain(ranks, 'Combiner', best)}** ({verdict}).")
+        lines.append(f"- Combiner over the sum: {r1_gain(ranks, 'Combiner', 'sum')}.")
+    zero_shot = "zero-shot (textual inversion)"
+    if zero_shot in results:
+        for k in (1, 5, 10):
+            gain, low, high = recall_gain(ranks[zero_shot], ranks["image only"], k)
+            lines.append(
+                f"- Zero-shot over image only, R@{k}: {gain:+.1f} points ({low:+.1f} to {high:+.1f})."
+            )
     return lines
 
 
@@ -313,28 +334,14 @@ def time_taken(record: dict) -> str:
     )
 
 
-def combiner_line(label: str, directory: Path) -> str:
+def combiner_line(directory: Path) -> str:
     info = load_combiner(directory).config.training
     took = ", trained in" + time_taken(info) if "seconds" in info else ""
     return (
-        f"Combiner on the {label} (stage 2): {info.get('train_queries')} train triplets, "
+        f"Combiner (CLIP4Cir stage 2, CLIP frozen): {info.get('train_queries')} train triplets, "
         f"{info.get('steps')} steps of batch {info.get('batch_size')}, Adam lr {info.get('lr')}, "
         f"best val mean at step {info.get('best_step')}{took}."
     )
-
-
-def stage1_lines(stage1_dir: Path, stage1_combiner: Path) -> list[str]:
-    report = json.loads((stage1_dir / "stage1.json").read_text())
-    config = report["config"]
-    took = "," + time_taken(report) if "seconds" in report else ""
-    lines = [
-        f"Stage 1: {config['steps']} steps of batch {config['batch_size']}, AdamW lr "
-        f"{config['lr']}, towers {config['towers']}; best val mean "
-        f"{report['best_metrics'].get('mean', float('nan')):.2f} at step {report['best_step']}{took}."
-    ]
-    if stage1_combiner.is_dir():
-        lines.append(combiner_line("stage-1 CLIP", stage1_combiner))
-    return lines
 
 
 if __name__ == "__main__":

@@ -222,6 +222,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(SHAPES_MODEL_DIR))
     parser.add_argument("--scenes", type=int, default=300, help="scenes per measurement")
+    parser.add_argument(
+        "--section", default="explain", help="BENCHMARKS.md section key (another for a candidate)"
+    )
+    parser.add_argument(
+        "--title", default="Heatmap pointing game and zero-shot tagging (Shapes)", help="its title"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per speed figure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -232,7 +238,7 @@ def main() -> None:
     if "shapes" in args.parts:
         body = shapes_section(args.model, args.scenes)
         print(body)
-        write_section("explain", "Heatmap pointing game and zero-shot tagging (Shapes)", body)
+        write_section(args.section, args.title, body)
     if "speed" in args.parts:
         body = speed_section(args.repeats, args.threads)
         print(body)

@@ -31,6 +31,12 @@ from retrieval.data.composed import read_cirr  # noqa: E402
 from retrieval.eval.metrics import feature_ranks, recall_at_k  # noqa: E402
 from retrieval.eval.report import markdown_table  # noqa: E402
 from retrieval.shapes import world as shapes  # noqa: E402
+from retrieval.shapes.languages import (  # noqa: E402
+    LANGUAGE_NAMES,
+    describe,
+    parse_languages,
+    split_in_language,
+)
 
 KS = (1, 5, 10)
 RERENDER_SEED = 1_000_003
@@ -51,13 +57,6 @@ def encode_images(backbone, sources: list, chunk: int = 128) -> torch.Tensor:
             torch.from_numpy(backbone.encode_images(sources[i : i + chunk]))
             for i in range(0, len(sources), chunk)
         ]
-    )
-
-
-def scene_of(row: dict) -> shapes.Scene:
-    objects = json.loads(row["objects"])
-    return shapes.make_scene(
-        shapes.ShapeObject(o["position"], o["shape"], o["colour"], o["size"]) for o in objects
     )
 
 
@@ -87,7 +86,26 @@ def recall(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
     return recall_at_k(feature_ranks(queries, gallery, torch.arange(len(gallery))), KS)
 
 
-def run(model: str, data: Path, split: str) -> tuple[str, dict]:
+def by_language(backbone, gallery, names, cirr, data: Path, position, languages) -> dict:
+    """Text -> image (canonical descriptions) and composed-sum recall with every text in each
+    language: the same gallery and the same edits, phrased by the generator."""
+    scenes = {row["id"]: shapes.scene_of_row(row) for row in shapes.read_metadata_rows(data)}
+    rows = cirr.queries
+    references = gallery[[position[r.reference] for r in rows]]
+    results = {}
+    for language in languages:
+        descriptions = [describe(scenes[name], language) for name in names]
+        rephrased = split_in_language(cirr, data, language).queries
+        captions = [query.captions[0] for query in rephrased]
+        query = F.normalize(references + encode_texts(backbone, captions), dim=-1)
+        results[language] = {
+            "t2i": recall(encode_texts(backbone, descriptions), gallery),
+            "sum": composed_metrics(query, gallery, rows, position),
+        }
+    return results
+
+
+def run(model: str, data: Path, split: str, languages=("en",)) -> dict:
     torch.manual_seed(0)
     cirr = read_cirr(data, split)
     rows, paths = cirr.queries, cirr.images
@@ -104,7 +122,7 @@ def run(model: str, data: Path, split: str) -> tuple[str, dict]:
     t2i = recall(encode_texts(backbone, descriptions), gallery)
     t2i_captions = recall(encode_texts(backbone, captions), gallery)
     rerendered = [
-        shapes.render(scene_of(metadata[name]), RERENDER_SEED + index)[0]
+        shapes.render(shapes.scene_of_row(metadata[name]), RERENDER_SEED + index)[0]
         for index, name in enumerate(names)
     ]
     i2i = recall(encode_images(backbone, rerendered), gallery)
@@ -130,6 +148,8 @@ def run(model: str, data: Path, split: str) -> tuple[str, dict]:
     }
 
     results = {
+        "model": model,
+        "languages": by_language(backbone, gallery, names, cirr, data, position, languages),
         "gallery": len(names),
         "triplets": len(rows),
         "t2i": t2i,
@@ -139,14 +159,72 @@ def run(model: str, data: Path, split: str) -> tuple[str, dict]:
         "sum_by_kind": sum_by_kind,
         "images_per_second": len(names) / max(seconds_gallery, 1e-9),
     }
-    return render_markdown(model, split, results), results
+    return results
 
 
-def render_markdown(model: str, split: str, results: dict) -> str:
+def shown(model: str) -> str:
+    path = Path(model).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else model
+
+
+def side_by_side(results: dict, previous: dict) -> str:
+    """The new model's main figures beside the previous one's (both from this run)."""
+    tasks = [
+        ("text -> image (canonical)", "t2i"),
+        ("text -> image (paraphrase)", "t2i_captions"),
+        ("image -> image (re-rendered)", "i2i"),
+    ]
+
+    def recalls(metrics: dict) -> list[float]:
+        return [metrics[f"R@{k}"] for k in KS]
+
+    rows = [[task, *recalls(previous[key]), *recalls(results[key])] for task, key in tasks]
+    rows += [
+        [f"composed: {name}", *recalls(previous["composed"][name]), *recalls(metrics)]
+        for name, metrics in results["composed"].items()
+    ]
+    old, new = shown(previous["model"]), shown(results["model"])
+    header = ["task", *(f"R@{k} old" for k in KS), *(f"R@{k} new" for k in KS)]
+    return (
+        f"Previous model (`{old}`) beside the new one (`{new}`), both measured in this run:\n\n"
+        + markdown_table(header, rows, digits=1)
+    )
+
+
+def language_table(results: dict, previous: dict | None = None) -> str:
+    english = results["languages"].get("en")
+    rows = []
+    for language, metrics in results["languages"].items():
+        t2i, composed = metrics["t2i"], metrics["sum"]
+        gap = (
+            f"{100 * (t2i['R@1'] / english['t2i']['R@1'] - 1):+.1f}%"
+            if english and english["t2i"]["R@1"]
+            else "-"
+        )
+        name = f"{LANGUAGE_NAMES[language]} ({language})"
+        row = [name, t2i["R@1"], t2i["R@10"], gap, composed["R@1"], composed["R@10"]]
+        if previous:
+            old = previous["languages"][language]
+            row += [old["t2i"]["R@1"], old["t2i"]["R@10"], old["sum"]["R@1"]]
+        rows.append(row)
+    header = ["language", "text R@1", "text R@10", "R@1 vs English", "sum R@1", "sum R@10"]
+    if previous:
+        header += ["text R@1 old", "text R@10 old", "sum R@1 old"]
+    return (
+        "Per language (the same test gallery and edits; every text written by the generator in that "
+        "language; composed = the training-free sum baseline, the Combiner's per-language figures are "
+        "in the composed section"
+        + ("; old = the previous model" if previous else "")
+        + "):\n\n"
+        + markdown_table(header, rows, digits=1)
+    )
+
+
+def render_markdown(model: str, split: str, results: dict, previous: dict | None = None) -> str:
     n = results["gallery"]
     training_file = Path(model) / "training.json"
     lines = [
-        f"Model `{Path(model).relative_to(ROOT) if Path(model).is_relative_to(ROOT) else model}`, "
+        f"Model `{shown(model)}`, "
         f"{split} split: gallery of {n} images (scenes disjoint from training), {results['triplets']} "
         f"composed-retrieval triplets. Recall in percent; chance: R@1 = {100 / n:.2f}, R@10 = {1000 / n:.2f}; "
         "subset Rs@1 = 20.",
@@ -172,7 +250,11 @@ def render_markdown(model: str, split: str, results: dict) -> str:
         "",
         "Sum baseline R@1 by edit kind: "
         + ", ".join(f"{kind} {value:.1f}" for kind, value in results["sum_by_kind"].items()),
+        "",
+        language_table(results, previous),
     ]
+    if previous:
+        lines += ["", side_by_side(results, previous)]
     if training_file.is_file():
         report = json.loads(training_file.read_text())
         config = report["config"]
@@ -195,16 +277,34 @@ def main() -> None:
         "--data", default=str(ROOT / "precomputed" / "shapes"), help="CIRR-format Shapes folder"
     )
     parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--languages", default="en,it,fr,de,es", help="languages of the per-language table"
+    )
+    parser.add_argument(
+        "--previous", help="another model folder to measure beside this one (the model replaced)"
+    )
+    parser.add_argument("--note", default="", help="a sentence added under the tables")
+    parser.add_argument(
+        "--section", default="shapes", help="BENCHMARKS.md section key (another for a candidate)"
+    )
+    parser.add_argument(
+        "--title", default="Shapes world: the shipped Shapes CLIP's retrieval", help="its title"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    markdown, results = run(args.model, Path(args.data), args.split)
+    languages = parse_languages(args.languages)
+    results = run(args.model, Path(args.data), args.split, languages)
+    previous = run(args.previous, Path(args.data), args.split, languages) if args.previous else None
+    markdown = render_markdown(args.model, args.split, results, previous)
+    if args.note:
+        markdown += f"\n\nNote: {args.note}"
     print(markdown)
     if not args.no_write:
-        write_section("shapes", "Shapes world: ShapesCLIP-Tiny retrieval", markdown)
+        write_section(args.section, args.title, markdown)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,14 @@ A model spec is one string:
   "ViT-B-32"                     architecture with random weights (timing, tests)
   "hf-hub:org/repo"              open_clip model published on the Hugging Face Hub
   "/path/to/dir" or "local-dir:/path"  a folder with open_clip_config.json + *.safetensors
+
+Models with a Hugging Face text tower or tokenizer (the multilingual ones) also need the packages in
+requirements-multilingual.txt; they are imported only when such a model is built.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -19,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from open_clip.hf_model import HFTextEncoder  # defined with or without transformers
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -33,6 +40,7 @@ PREPROCESSING = ("standard", "targetpad", "squarepad")
 TARGET_PAD_RATIO = 1.25
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
+MULTILINGUAL_INSTALL = "pip install -r requirements-multilingual.txt"
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
@@ -134,13 +142,66 @@ def _local_dir(spec: str) -> Path | None:
     return None
 
 
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def missing_packages(model_cfg: dict | None) -> list[str]:
+    """Packages outside requirements.txt that this config's Hugging Face text tower or tokenizer
+    needs and that are not installed: known before open_clip fails halfway with an ImportError."""
+    text_cfg = (model_cfg or {}).get("text_cfg", {})
+    needed = []
+    if "hf_model_name" in text_cfg:  # the test open_clip itself uses
+        needed.append("transformers")
+    if text_cfg.get("hf_tokenizer_name"):
+        needed += ["transformers", "tokenizers"]
+    return [package for package in dict.fromkeys(needed) if not _installed(package)]
+
+
+def _missing_message(spec: str, packages: list[str]) -> str:
+    return (
+        f"model {spec!r} needs the package(s) {', '.join(packages)} (its text tower or tokenizer "
+        f"comes from Hugging Face transformers), not installed here; install them with "
+        f"`{MULTILINGUAL_INSTALL}`"
+    )
+
+
+def require_packages(spec: str, model_cfg: dict | None) -> None:
+    """Refuse a multilingual model up front, naming what to install, instead of a traceback."""
+    missing = missing_packages(model_cfg)
+    if missing:
+        raise ModelUnavailable(_missing_message(spec, missing))
+
+
+def _folder_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())["model_cfg"]
+
+
+def _hub_config(spec: str) -> dict | None:
+    """Only the config file of an hf-hub: model, not its weights; None when it cannot be had."""
+    try:
+        path = hf_hub_download(spec.removeprefix(HUB_PREFIX), CONFIG_FILE)
+    except (OSError, ValueError, EntryNotFoundError):
+        return None  # open_clip tries again and its failure is reported
+    return json.loads(Path(path).read_text()).get("model_cfg")
+
+
+def _spec_config(spec: str, local: Path | None) -> dict | None:
+    """The config open_clip is about to build, read without loading anything heavy."""
+    if local is not None:
+        return _folder_config(local)
+    if spec.startswith(HUB_PREFIX):
+        return _hub_config(spec)
+    return open_clip.get_model_config(spec.partition("/")[0])
+
+
 def model_config(spec: str) -> dict:
     """The open_clip model config behind a spec, so a trained copy can be saved as a loadable folder."""
     local = _local_dir(spec)
     if local is None and spec.startswith(HUB_PREFIX):
         local = fetch(spec, "model")
     if local is not None:
-        return json.loads((Path(local) / CONFIG_FILE).read_text())["model_cfg"]
+        return _folder_config(local)
     config = open_clip.get_model_config(spec.partition("/")[0])
     if config is None:
         raise BadInput(
@@ -149,29 +210,56 @@ def model_config(spec: str) -> dict:
     return config
 
 
+def _open_clip_name(spec: str, local: Path | None) -> tuple[str, str | None]:
+    """The (model_name, pretrained) pair open_clip's factory takes for a spec."""
+    if local is not None:
+        return f"local-dir:{local}", None
+    if spec.startswith(HUB_PREFIX):
+        return spec, None
+    name, _, pretrained = spec.partition("/")
+    if name not in open_clip.list_models():
+        raise BadInput(
+            f"unknown model {spec!r}: not an open_clip architecture, folder or hf-hub id"
+        )
+    return name, pretrained or None
+
+
+def _hf_parts(model_cfg: dict | None) -> bool:
+    text_cfg = (model_cfg or {}).get("text_cfg", {})
+    return "hf_model_name" in text_cfg or bool(text_cfg.get("hf_tokenizer_name"))
+
+
+def _unavailable(spec: str, error: Exception, model_cfg: dict | None) -> ModelUnavailable:
+    """One readable line instead of the download or transformers traceback."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first_line = first_line if len(first_line) <= 200 else first_line[:200] + "…"
+    hf_note = (
+        " (its Hugging Face text config and tokenizer too; a model folder keeps the tokenizer "
+        "files beside the weights)"
+        if _hf_parts(model_cfg)
+        else ""
+    )
+    return ModelUnavailable(
+        f"model {spec!r} could not be loaded ({first_line}); with no network, download it once "
+        f"where there is one{hf_note}, or give a local model folder"
+    )
+
+
 def _create(spec: str, device: torch.device):
     local = _local_dir(spec)
-    if local is not None:
-        name, pretrained = f"local-dir:{local}", None
-    elif spec.startswith("hf-hub:"):
-        name, pretrained = spec, None
-    else:
-        name, _, pretrained = spec.partition("/")
-        pretrained = pretrained or None
-        if name not in open_clip.list_models():
-            raise BadInput(
-                f"unknown model {spec!r}: not an open_clip architecture, folder or hf-hub id"
-            )
+    name, pretrained = _open_clip_name(spec, local)
+    model_cfg = _spec_config(spec, local)
+    require_packages(spec, model_cfg)
     try:
         model, _, transform = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, weights_only=True
         )
-    except (OSError, RuntimeError) as error:  # weights not downloadable: offline, no cache
-        raise ModelUnavailable(
-            f"model {spec!r} could not be loaded ({str(error).splitlines()[0][:200]}); with no "
-            "network, download it once where there is one, or give a local model folder"
-        ) from error
-    tokenizer = open_clip.get_tokenizer(name)
+        tokenizer = open_clip.get_tokenizer(name)
+    except ImportError as error:  # a tokenizer's own extra (sentencepiece, protobuf)
+        raise ModelUnavailable(_missing_message(spec, [error.name or str(error)])) from error
+    # offline with no cache: weights (RuntimeError), HF text config or tokenizer (OSError, ValueError)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise _unavailable(spec, error, model_cfg) from error
     return model.eval(), transform, tokenizer
 
 
@@ -225,7 +313,9 @@ class Backbone:
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.model, "context_length", 77))
+        """The tokenizer's, which pads and cuts: an HF text tower's own limit is often larger."""
+        length = getattr(self.tokenizer, "context_length", None)
+        return int(length or getattr(self.model, "context_length", 77))
 
     @property
     def image_size(self) -> int:
@@ -251,12 +341,18 @@ class Backbone:
             raise BadInput("the text query is empty")
         return self.tokenizer(cleaned)
 
+    def _token_count(self, text: str) -> int | None:
+        """Tokens with the start and end marks; None when the tokenizer cannot tell."""
+        hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer
+        if callable(hf_tokenizer):
+            return len(hf_tokenizer(text)["input_ids"])
+        encode = getattr(self.tokenizer, "encode", None)
+        return None if encode is None else len(encode(text)) + 2
+
     def is_truncated(self, text: str) -> bool:
         """True when the text is longer than the model's context and will be cut."""
-        encode = getattr(self.tokenizer, "encode", None)
-        if encode is None:
-            return False
-        return len(encode(text)) + 2 > self.context_length
+        count = self._token_count(text)
+        return count is not None and count > self.context_length
 
     @torch.inference_mode()
     def encode_token_ids(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -306,6 +402,7 @@ def load_backbone(
     model, transform, tokenizer = _load_cached(key, resolved)
     towers = None
     if runtime != "torch":
+        _check_onnx_text_tower(spec, model, runtime)
         towers = _towers(key, resolved, runtime, str(cache_dir), torch.get_num_threads())
     return Backbone(
         spec,
@@ -319,6 +416,16 @@ def load_backbone(
     )
 
 
+def _check_onnx_text_tower(spec: str, model: torch.nn.Module, runtime: str) -> None:
+    """Hugging Face text towers export to ONNX with their padding mask wrong (cosine to PyTorch
+    0.89-0.96 on padded texts of a test XLM-RoBERTa): refuse rather than serve skewed vectors."""
+    if isinstance(getattr(model, "text", None), HFTextEncoder):
+        raise BadInput(
+            f"runtime {runtime} cannot run {spec!r}: its Hugging Face text tower does not export "
+            "to ONNX faithfully; use runtime torch for this model"
+        )
+
+
 @lru_cache(maxsize=8)
 def _towers(key: str, device: str, runtime: str, cache_dir: str, threads: int) -> OnnxTowers:
     model, transform, tokenizer = _load_cached(key, device)
@@ -328,12 +435,19 @@ def _towers(key: str, device: str, runtime: str, cache_dir: str, threads: int) -
 
 def new_model(arch: str, device: str | None = None):
     """A randomly initialised open_clip model of a registered architecture (training from scratch)."""
+    require_packages(arch, open_clip.get_model_config(arch))
     model, _, transform = open_clip.create_model_and_transforms(arch, device=pick_device(device))
     return model, transform, open_clip.get_tokenizer(arch)
 
 
-def save_backbone(model: torch.nn.Module, arch_or_cfg: str | dict, directory: str | Path) -> Path:
-    """Write the open_clip local-dir layout (config + safetensors) that `load_backbone` reads."""
+def save_backbone(
+    model: torch.nn.Module, arch_or_cfg: str | dict, directory: str | Path, tokenizer=None
+) -> Path:
+    """Write the open_clip local-dir layout (config + safetensors) that `load_backbone` reads.
+
+    A Hugging Face `tokenizer` is saved beside them: open_clip reads it from the folder, not from
+    the config's hf_tokenizer_name.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model_cfg = model_config(arch_or_cfg) if isinstance(arch_or_cfg, str) else arch_or_cfg
@@ -347,6 +461,8 @@ def save_backbone(model: torch.nn.Module, arch_or_cfg: str | dict, directory: st
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(directory)
     _load_cached.cache_clear()
     _towers.cache_clear()
     return directory

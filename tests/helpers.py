@@ -61,10 +61,13 @@ def make_collection(root: Path, with_metadata: bool = True) -> Path:
     return root
 
 
-def shipped_shapes_recall(method: str, runtime: str | None = None) -> dict[str, dict[str, float]]:
+def shipped_shapes_recall(
+    method: str, runtime: str | None = None, language: str = "en"
+) -> dict[str, dict[str, float]]:
     """CIRR metrics on the shipped Shapes test split for image-only, text-only, sum and one composed
     method of the shipped Shapes collection, as the app serves it: the index's PyTorch vectors for
-    the gallery and the references, the collection's runtime (or `runtime`) for the query texts."""
+    the gallery and the references, the collection's runtime (or `runtime`) for the query texts,
+    the edit requests rewritten in `language`."""
     from retrieval.catalog import Catalog, composers_for
     from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
     from retrieval.config import ROOT
@@ -73,7 +76,11 @@ def shipped_shapes_recall(method: str, runtime: str | None = None) -> dict[str, 
     from retrieval.eval.composed import evaluate_split
 
     spec = Catalog.from_file(ROOT / "collections.json").specs["shapes"]
+    from retrieval.shapes.languages import split_in_language
+
     test = read_cirr(ROOT / "precomputed" / "shapes", "test")
+    if language != "en":
+        test = split_in_language(test, ROOT / "precomputed" / "shapes", language)
     features = split_features(test, shipped_backbone("torch"), cache=False, progress=False)
     backbone = shipped_backbone(runtime or spec.runtime)
     composers = {
@@ -86,6 +93,28 @@ def shipped_shapes_recall(method: str, runtime: str | None = None) -> dict[str, 
         name: evaluate_split(test, backbone, composer, features, progress=False).metrics
         for name, composer in composers.items()
     }
+
+
+def shipped_description_recall(runtime: str, language: str = "en") -> dict[str, float]:
+    """Text -> image R@1/R@10 of every shipped test scene's canonical description in `language`,
+    over the shipped index's vectors, the texts encoded on `runtime`."""
+    import numpy as np
+    import torch
+
+    from retrieval.config import ROOT
+    from retrieval.eval.metrics import feature_ranks, recall_at_k
+    from retrieval.index import Index
+    from retrieval.shapes.languages import describe
+    from retrieval.shapes.world import read_metadata_rows, scene_of_row
+
+    root = ROOT / "precomputed" / "shapes"
+    index = Index.load(root / "index")
+    rows = read_metadata_rows(root, "test")
+    positions = [index.position(row["id"]) for row in rows]
+    gallery = torch.from_numpy(np.asarray(index.vectors)[positions])
+    descriptions = [describe(scene_of_row(row), language) for row in rows]
+    texts = torch.from_numpy(shipped_backbone(runtime).encode_texts(descriptions))
+    return recall_at_k(feature_ranks(texts, gallery, torch.arange(len(positions))), ks=(1, 10))
 
 
 def shipped_backbone(runtime: str = "torch"):

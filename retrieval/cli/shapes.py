@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from retrieval.shapes.languages import LANGUAGES, in_languages, parse_languages
 from retrieval.shapes.world import (
     IMAGE_SIZE,
     SET_VARIANTS,
@@ -28,10 +29,17 @@ def generate_command(args) -> dict[str, SplitData]:
         )
         if count
     }
+    languages = parse_languages(args.languages)
     total = sum(splits.values()) * (SET_VARIANTS + 1 + TEXT_DISTRACTORS)
+    rephrase = None if languages == ("en",) else (lambda data: in_languages(data, languages))
     with tqdm(total=total, desc="render", unit="img") as bar:
         result = write_dataset(
-            args.out, splits, seed=args.seed, size=args.size, progress=bar.update
+            args.out,
+            splits,
+            seed=args.seed,
+            size=args.size,
+            progress=bar.update,
+            rephrase=rephrase,
         )
     for split, data in result.items():
         print(f"{split}: {len(data.images)} images, {len(data.triplets)} triplets")
@@ -80,4 +88,10 @@ def add_generate_arguments(parser) -> None:
     )
     parser.add_argument(
         "--size", type=int, default=IMAGE_SIZE, help=f"image side in pixels (default {IMAGE_SIZE})"
+    )
+    parser.add_argument(
+        "--languages",
+        default="en",
+        help=f"edit requests in these languages, in turn (comma-separated among "
+        f"{','.join(LANGUAGES)}; default en)",
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from retrieval.errors import NotFound
+from retrieval.errors import BadInput, NotFound
+from retrieval.shapes.languages import LANGUAGES, parse_languages
 from retrieval.shapes.torch_data import shapes_loader
 from retrieval.train.clip import (
     PairsDataset,
@@ -37,6 +38,7 @@ CONFIG_OPTIONS = (
 def training_data(args, transform, tokenizer):
     """(loader, validate or None) for `--data shapes` or a file of file,caption pairs."""
     if args.data == "shapes":
+        languages = parse_languages(args.languages)
         loader = shapes_loader(
             transform,
             tokenizer,
@@ -45,13 +47,19 @@ def training_data(args, transform, tokenizer):
             args.seed,
             args.group,
             args.workers,
+            languages,
+            edits=bool(args.edit_weight),
         )
         validate = (
-            shapes_validator(transform, tokenizer, args.val_sets, args.seed)
+            shapes_validator(transform, tokenizer, args.val_sets, args.seed, languages)
             if args.val_sets
             else None
         )
         return loader, validate
+    if args.edit_weight:
+        raise BadInput(
+            "--edit-weight needs --data shapes: only the Shapes world writes edit requests"
+        )
     source = Path(args.data)
     if not source.is_file():
         raise NotFound(
@@ -75,7 +83,13 @@ def train_config(args, validated: bool) -> TrainConfig:
             "out_dir": args.checkpoints or str(Path(args.out) / "checkpoints"),
             "resume": args.resume or "",
             "select_metric": "t2i_mean" if validated else "",
-            "extra": {"data": args.data, "arch": args.arch, "init": args.init},
+            "extra": {
+                "data": args.data,
+                "arch": args.arch,
+                "init": args.init,
+                "languages": args.languages,
+                "edit_weight": args.edit_weight,
+            },
         }
     )
 
@@ -92,7 +106,9 @@ def run_train_clip(args) -> dict:
         if sys.argv[0].endswith("__main__.py")
         else " ".join(sys.argv)
     )
-    report = train_and_export(model, loader, cfg, args.out, model_cfg, validate, args.fp16, command)
+    report = train_and_export(
+        model, loader, cfg, args.out, model_cfg, validate, args.fp16, command, args.edit_weight
+    )
     print(
         f"saved {args.out} (best step {report['best_step']}: {report['best_metrics']}); "
         f"{report['samples_per_second']:.0f} samples/s over {report['seconds']:.0f} s"
@@ -111,7 +127,7 @@ def add_train_clip_arguments(parser) -> None:
     parser.add_argument(
         "--arch",
         default="ShapesCLIP-Tiny",
-        help="open_clip architecture to train from scratch (project configs: ShapesCLIP-Tiny, "
+        help="open_clip architecture to train from scratch (project configs: ShapesCLIP-Small, ShapesCLIP-Tiny, "
         "ShapesCLIP-Micro)",
     )
     parser.add_argument(
@@ -161,6 +177,18 @@ def add_train_clip_arguments(parser) -> None:
         type=int,
         default=2,
         help="shapes: each scene comes with GROUP-1 single-edit variants in its batch (hard negatives)",
+    )
+    parser.add_argument(
+        "--languages",
+        default="en",
+        help=f"shapes: comma-separated caption languages among {','.join(LANGUAGES)} (default en)",
+    )
+    parser.add_argument(
+        "--edit-weight",
+        type=float,
+        default=0.0,
+        help="shapes: also learn CLIP4Cir's stage-1 objective (reference + edit request -> "
+        "target) from each group's variants, with this weight (default 0: off)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for weights, data and order (default 0)"

@@ -8,14 +8,8 @@ import numpy as np
 import torch
 
 from retrieval.embed import worker_init
-from retrieval.shapes.world import (
-    SplitData,
-    describe,
-    paraphrase,
-    random_scene,
-    render,
-    sample_edit,
-)
+from retrieval.shapes.languages import describe, edit_text, paraphrase, triplet_caption
+from retrieval.shapes.world import SplitData, random_scene, render, sample_edit
 
 
 class ShapesPairs(torch.utils.data.Dataset):
@@ -24,13 +18,26 @@ class ShapesPairs(torch.utils.data.Dataset):
     Each item is a group: one random scene plus `group - 1` single-edit variants of it, so every
     batch holds near-duplicates that only a model reading colour, shape, size and position can tell
     apart. Seeded by (seed, epoch, index): reproducible, and a new epoch shows new renderings.
+    With several `languages`, each caption is in one of them at random (English alone draws
+    nothing more, so English-only runs repeat the earlier ones exactly). With `edits`, each item
+    also carries the edit request from the scene to each variant: CLIP4Cir's stage-1 triplets,
+    free because the group already holds both images.
     """
 
     def __init__(
-        self, length: int, transform, tokenizer, seed: int = 0, group: int = 2, split: str = "train"
+        self,
+        length: int,
+        transform,
+        tokenizer,
+        seed: int = 0,
+        group: int = 2,
+        split: str = "train",
+        languages: tuple[str, ...] = ("en",),
+        edits: bool = False,
     ):
         self.length, self.transform, self.tokenizer = length, transform, tokenizer
         self.seed, self.group, self.split, self.epoch = seed, group, split, 0
+        self.languages, self.edits = languages, edits
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -41,18 +48,44 @@ class ShapesPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         scene = random_scene(rng, self.split)
-        scenes = [scene]
+        scenes, edits = [scene], []
         while len(scenes) < self.group:
             edit = sample_edit(scene, rng, self.split, exclude={describe(s) for s in scenes})
+            if edit:
+                edits.append((len(scenes), edit))
             scenes.append(edit.apply(scene) if edit else random_scene(rng, self.split))
         pixels = [self.transform(render(s, int(rng.integers(2**31)))[0]) for s in scenes]
-        texts = [paraphrase(s, rng) if rng.random() < 0.7 else describe(s) for s in scenes]
-        return pixels, texts
+        captions = [self.caption(scene, rng) for scene in scenes]
+        if not self.edits:
+            return pixels, captions
+        requests = [(at, edit_text(edit, scene, rng, self.language(rng))) for at, edit in edits]
+        return pixels, captions, requests
+
+    def language(self, rng: np.random.Generator) -> str:
+        if len(self.languages) == 1:
+            return self.languages[0]
+        return self.languages[int(rng.integers(len(self.languages)))]
+
+    def caption(self, scene, rng: np.random.Generator) -> str:
+        language = self.language(rng)
+        if rng.random() < 0.7:
+            return paraphrase(scene, rng, language)
+        return describe(scene, language)
 
     def collate(self, samples):
         pixels = torch.stack([p for sample in samples for p in sample[0]])
         tokens = self.tokenizer([t for sample in samples for t in sample[1]])
-        return pixels, tokens
+        if not self.edits:
+            return pixels, tokens
+        references, targets, requests, start = [], [], [], 0
+        for sample in samples:
+            for at, text in sample[2]:
+                references.append(start)
+                targets.append(start + at)
+                requests.append(text)
+            start += len(sample[0])
+        triplets = (self.tokenizer(requests), torch.tensor(references), torch.tensor(targets))
+        return pixels, tokens, triplets
 
 
 def shapes_loader(
@@ -63,9 +96,19 @@ def shapes_loader(
     seed: int = 0,
     group: int = 2,
     num_workers: int = 0,
+    languages: tuple[str, ...] = ("en",),
+    edits: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of (pixels, token_ids) batches for `training.train_clip`."""
-    dataset = ShapesPairs(epoch_size // group, transform, tokenizer, seed=seed, group=group)
+    """A DataLoader of (pixels, token_ids[, edit triplets]) batches for `training.train_clip`."""
+    dataset = ShapesPairs(
+        epoch_size // group,
+        transform,
+        tokenizer,
+        seed=seed,
+        group=group,
+        languages=languages,
+        edits=edits,
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=max(1, batch_size // group),
@@ -78,13 +121,24 @@ def shapes_loader(
     )
 
 
-def split_tensors(data: SplitData, transform, tokenizer, seed_offset: int = 0):
-    """Pixels of a split's gallery, tokens of its canonical descriptions, and its triplets as positions."""
+def split_tensors(
+    data: SplitData, transform, tokenizer, seed_offset: int = 0, language: str = "en"
+):
+    """Pixels of a split's gallery, tokens of its canonical descriptions, and its triplets as
+    positions, texts in `language`."""
     position = {image.name: index for index, image in enumerate(data.images)}
     pixels = torch.stack(
         [transform(render(image.scene, image.seed + seed_offset)[0]) for image in data.images]
     )
-    tokens = tokenizer([describe(image.scene) for image in data.images])
+    return pixels, *split_texts(data, tokenizer, language, position)
+
+
+def split_texts(data: SplitData, tokenizer, language: str, position: dict[str, int] | None = None):
+    """Description tokens and (reference, caption tokens, target) of a split in `language`."""
+    position = position or {image.name: index for index, image in enumerate(data.images)}
+    scenes = {image.name: image.scene for image in data.images}
+    tokens = tokenizer([describe(image.scene, language) for image in data.images])
     references = torch.tensor([position[t.reference] for t in data.triplets])
     targets = torch.tensor([position[t.target] for t in data.triplets])
-    return pixels, tokens, (references, tokenizer([t.caption for t in data.triplets]), targets)
+    captions = [triplet_caption(t, scenes, language) for t in data.triplets]
+    return tokens, (references, tokenizer(captions), targets)

@@ -468,6 +468,7 @@ class Triplet:
     kind: str
     set_id: str
     members: list[str]
+    language: str = "en"
 
 
 @dataclass
@@ -599,6 +600,7 @@ def cirr_captions(data: SplitData) -> list[dict]:
                     "target_rank": triplet.members.index(triplet.target),
                 },
                 "edit": triplet.kind,  # extra field (CIRR readers ignore unknown keys)
+                **({"language": triplet.language} if triplet.language != "en" else {}),
             }
         )
     return rows
@@ -654,14 +656,18 @@ def write_dataset(
     seed: int = 0,
     size: int = IMAGE_SIZE,
     progress: Callable | None = None,
+    rephrase: Callable[[SplitData], SplitData] | None = None,
 ) -> dict[str, SplitData]:
-    """Render the splits (name -> number of sets) in the CIRR layout plus `metadata.csv`."""
+    """Render the splits (name -> number of sets) in the CIRR layout plus `metadata.csv`.
+
+    `rephrase` rewrites a split's edit requests (other languages) before they are written."""
     out = Path(out)
     (out / "captions").mkdir(parents=True, exist_ok=True)
     (out / "image_splits").mkdir(parents=True, exist_ok=True)
     rows, result = [], {}
     for split, sets in splits.items():
         data = build_split(split, sets, seed)
+        data = rephrase(data) if rephrase else data
         folder = out / split
         folder.mkdir(exist_ok=True)
         relpaths = {}
@@ -706,6 +712,14 @@ def read_split(root: str | Path, split: str) -> tuple[list[dict], dict[str, Path
     triplets = json.loads((root / "captions" / f"cap.rc2.{split}.json").read_text())
     relpaths = json.loads((root / "image_splits" / f"split.rc2.{split}.json").read_text())
     return triplets, {name: (root / rel).resolve() for name, rel in relpaths.items()}
+
+
+def scene_of_row(row: dict) -> Scene:
+    """The scene a `metadata.csv` row records (its `objects` column)."""
+    objects = json.loads(row["objects"])
+    return make_scene(
+        ShapeObject(o["position"], o["shape"], o["colour"], o["size"]) for o in objects
+    )
 
 
 def read_metadata_rows(root: str | Path, split: str | None = None) -> list[dict]:

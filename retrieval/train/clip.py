@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,7 @@ from retrieval.collection import read_metadata
 from retrieval.errors import BadInput
 from retrieval.eval.metrics import feature_ranks, recall_at_k
 from retrieval.images import open_image
-from retrieval.shapes.torch_data import split_tensors
+from retrieval.shapes.torch_data import split_tensors, split_texts
 from retrieval.shapes.world import build_split
 from retrieval.train.loop import (
     MODEL_FILE,
@@ -46,12 +47,51 @@ def clip_loss(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def clip_step(model, batch) -> torch.Tensor:
-    """Loss of one (images, token_ids) batch for the contrastive objective."""
-    images, tokens = batch
+def edit_loss(
+    image_features: torch.Tensor,
+    request_features: torch.Tensor,
+    references: torch.Tensor,
+    targets: torch.Tensor,
+    logit_scale,
+) -> torch.Tensor:
+    """CLIP4Cir's stage-1 objective: normalise(reference + request) must pick its target out of
+    the batch's images (the reference itself left out, or copying it would score)."""
+    images = F.normalize(image_features, dim=-1)
+    query = F.normalize(images[references] + F.normalize(request_features, dim=-1), dim=-1)
+    logits = logit_scale * query @ images.T
+    own = F.one_hot(references, len(images)).bool()
+    return F.cross_entropy(logits.masked_fill(own, float("-inf")), targets)
+
+
+def encode_used_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text` over the batch's used length only: the causal mask makes the padding
+    after the end token irrelevant, and short Shapes texts then cost a fraction of the context.
+    Models other than open_clip's CLIP class take the plain path."""
+    if not isinstance(model, open_clip.CLIP) or model.text_pool_type != "argmax":
+        return model.encode_text(tokens)
+    length = int((tokens != 0).sum(dim=1).max())
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    pooled = x[torch.arange(len(x)), tokens.argmax(dim=-1)]
+    return pooled @ model.text_projection
+
+
+def clip_step(model, batch, edit_weight: float = 0.0) -> torch.Tensor:
+    """Loss of one (images, token_ids[, edit triplets]) batch: contrastive, plus the weighted
+    stage-1 objective when the batch carries edit requests."""
+    images, tokens, *triplets = batch
     image_features = model.encode_image(images)
-    text_features = model.encode_text(tokens)
-    return clip_loss(image_features, text_features, model.logit_scale.exp())
+    text_features = encode_used_tokens(model, tokens)
+    scale = model.logit_scale.exp()
+    loss = clip_loss(image_features, text_features, scale)
+    if edit_weight and triplets and len(triplets[0][1]):
+        requests, references, targets = triplets[0]
+        request_features = encode_used_tokens(model, requests)
+        loss = loss + edit_weight * edit_loss(
+            image_features, request_features, references, targets, scale
+        )
+    return loss
 
 
 def train_clip(
@@ -60,10 +100,16 @@ def train_clip(
     cfg: TrainConfig,
     validate: Validate | None = None,
     progress: bool = True,
+    edit_weight: float = 0.0,
 ) -> TrainResult:
-    """Contrastive image/text training. `loader` yields (images, token_ids) batches."""
+    """Contrastive image/text training. `loader` yields (images, token_ids) batches, and with
+    `edit_weight` also edit triplets (`ShapesPairs(edits=True)`)."""
     set_trainable(model, cfg.towers, cfg.last_blocks, logit_scale=cfg.train_logit_scale)
-    return train_loop(model, loader, cfg, clip_step, validate=validate, progress=progress)
+
+    def step(model, batch):
+        return clip_step(model, batch, edit_weight)
+
+    return train_loop(model, loader, cfg, step, validate=validate, progress=progress)
 
 
 class PairsDataset(torch.utils.data.Dataset):
@@ -148,11 +194,32 @@ def retrieval_validator(
     return validate
 
 
-def shapes_validator(transform, tokenizer, sets: int = 48, seed: int = 0):
-    """Validation on an in-memory val split: text->image and composed-sum recall."""
+def shapes_validator(
+    transform, tokenizer, sets: int = 48, seed: int = 0, languages: tuple[str, ...] = ("en",)
+):
+    """Validation on an in-memory val split: text->image and composed-sum recall.
 
-    pixels, tokens, triplets = split_tensors(build_split("val", sets, seed), transform, tokenizer)
-    return retrieval_validator(pixels, tokens, triplets)
+    With several languages, each one's metrics carry its code as a prefix (`it_t2i_1`) and
+    `t2i_mean` / `sum_mean` average over the languages, so checkpoints are picked for all of them.
+    """
+    data = build_split("val", sets, seed)
+    pixels, tokens, triplets = split_tensors(data, transform, tokenizer, language=languages[0])
+    if len(languages) == 1:
+        return retrieval_validator(pixels, tokens, triplets)
+    validators = {
+        language: retrieval_validator(pixels, *split_texts(data, tokenizer, language))
+        for language in languages
+    }
+
+    def validate(model) -> dict[str, float]:
+        metrics = {}
+        for language, language_validate in validators.items():
+            metrics.update({f"{language}_{k}": v for k, v in language_validate(model).items()})
+        for name in ("t2i_mean", "sum_mean"):
+            metrics[name] = sum(metrics[f"{lang}_{name}"] for lang in languages) / len(languages)
+        return metrics
+
+    return validate
 
 
 def model_to_train(arch: str, init: str | None = None):
@@ -184,10 +251,11 @@ def train_and_export(
     validate=None,
     fp16=False,
     command: str = "",
+    edit_weight: float = 0.0,
 ) -> dict:
     """Contrastive training, then the best checkpoint saved as an open_clip folder + training.json
     (`command`: how the run was started, recorded so it can be repeated)."""
-    result = train_clip(model, loader, cfg, validate=validate)
+    result = train_clip(model, loader, cfg, validate=validate, edit_weight=edit_weight)
     best = Path(cfg.out_dir) / "best"
     if (best / MODEL_FILE).is_file():
         load_checkpoint(best, model)

@@ -15,13 +15,12 @@ from retrieval.collection import scan_folder
 from retrieval.config import ROOT, SHAPES_MODEL_DIR
 from retrieval.data.composed import read_cirr
 from retrieval.eval.metrics import feature_ranks, recall_at_k
-from retrieval.index import Index
 from retrieval.shapes import torch_data as shapes_data
 from retrieval.shapes import world as shapes
 from retrieval.shapes.world import Edit, ShapeObject, make_scene
 from retrieval.train import clip as clip_training
 from retrieval.train import loop as loop
-from tests.helpers import shipped_backbone, shipped_shapes_recall
+from tests.helpers import shipped_description_recall, shipped_shapes_recall
 
 
 @pytest.fixture(scope="module")
@@ -211,25 +210,12 @@ def test_shipped_model_reads_fresh_test_scenes():
     assert recall["R@10"] > 50 and recall["R@1"] > 100 * 10 / len(images)
 
 
-def description_recall(runtime: str) -> dict[str, float]:
-    """Text -> image R@1/R@10 of every test scene's description over the shipped index's vectors."""
-    root = SHAPES_MODEL_DIR.parent / "shapes"
-    index = Index.load(root / "index")
-    descriptions = {
-        row["id"]: row["description"] for row in shapes.read_metadata_rows(root, "test")
-    }
-    positions = [index.position(item_id) for item_id in descriptions]
-    gallery = torch.from_numpy(np.asarray(index.vectors)[positions])
-    texts = torch.from_numpy(shipped_backbone(runtime).encode_texts(list(descriptions.values())))
-    return recall_at_k(feature_ranks(texts, gallery, torch.arange(len(positions))), ks=(1, 10))
-
-
 def test_the_served_int8_runtime_keeps_the_shipped_models_recall():
     """The app serves the Shapes collection on ONNX Runtime int8 because it keeps quality: text ->
     image and the Combiner's composed R@1 within 1 point of PyTorch (BENCHMARKS.md, Runtimes)."""
     served = Catalog.from_file(ROOT / "collections.json").specs["shapes"].runtime
     assert served == "onnx-int8"
-    reference, int8 = description_recall("torch"), description_recall(served)
+    reference, int8 = shipped_description_recall("torch"), shipped_description_recall(served)
     assert reference["R@1"] > 30 and reference["R@10"] > 90, reference
     for k in ("R@1", "R@10"):
         assert abs(int8[k] - reference[k]) <= 1.0, (k, reference, int8)

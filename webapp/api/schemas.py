@@ -73,7 +73,10 @@ class ItemPage(BaseModel):
 
 
 class HitOut(ItemOut):
-    score: float = Field(description="cosine similarity between query and item, -1..1")
+    score: float = Field(
+        description="cosine similarity between query and item, -1..1; each kind of query and "
+        "each composed method has its own typical range, so compare scores within one search"
+    )
     rank: int = Field(description="1-based position in the whole ranking (offset included)")
 
 
@@ -112,7 +115,10 @@ class SearchResponse(BaseModel):
     query: dict[str, Any]
     k: int
     offset: int
-    notes: list[str] = Field(description="remarks, e.g. that a long text was truncated")
+    notes: list[str] = Field(
+        description="remarks, e.g. that a long text was truncated, or that min_score left no hit "
+        "(with the best score it hid)"
+    )
     hits: list[HitOut]
     profile: ScoreProfile | None = None
     map_position: MapPosition | None = Field(

@@ -40,6 +40,38 @@ def filters(
 SearchFilters = Annotated[Filters, Depends(filters)]
 
 
+def below_min_score(
+    searcher: Searcher,
+    result: SearchResult,
+    min_score: float | None,
+    filters: Filters | None = None,
+    exclude: set[int] | None = None,
+) -> list[str]:
+    """When min_score left no hit at all, a note that says so, with the best score it hid.
+
+    Scores have no common scale across query kinds and composed methods (a Combiner's best hits
+    can score far below a text query's), so an empty page must never be silent. Nothing is said
+    when hits exist above min_score but the page lies past them, or the filters match nothing.
+    """
+    if result.hits or min_score is None or result.vector is None:
+        return []
+    exclude = exclude or set()
+    best = searcher.by_vector(result.vector, k=1, filters=filters, exclude=exclude).hits
+    if not best or best[0].score >= min_score:
+        return []
+    searched = sum(
+        1
+        for position, item in enumerate(searcher.index.items)
+        if position not in exclude and (filters is None or filters.matches(item))
+    )
+    kind = "matching the filters " if filters is not None and not filters.is_empty() else ""
+    return [
+        f"all {searched} items {kind}scored below min_score {min_score:g}; the best scored "
+        f"{best[0].score:.3f}: lower min_score or leave it out (each kind of query and each "
+        "composed method scores on its own scale)"
+    ]
+
+
 def search_response(
     request: Request,
     name: str,
@@ -47,8 +79,11 @@ def search_response(
     result: SearchResult,
     paging: tuple[int, int, float | None],
     part_ranks: list[dict] | None = None,
+    searched: tuple[Filters | None, set[int]] = (None, set()),
 ):
-    """The hits, and why: the score profile over the collection and the query's map position."""
+    """The hits, and why: the score profile over the collection and the query's map position.
+
+    `searched` is the search's (filters, excluded positions), for the note on an empty page."""
     k, offset, min_score = paging
     hits = [
         {**item_out(request, name, hit.item), "score": hit.score, "rank": hit.rank}
@@ -59,7 +94,7 @@ def search_response(
         "query": result.query,
         "k": k,
         "offset": offset,
-        "notes": result.notes,
+        "notes": result.notes + below_min_score(searcher, result, min_score, *searched),
         "hits": hits,
         **searcher.explanation(result, offset + k, min_score),
         "part_ranks": part_ranks,
@@ -97,7 +132,8 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
     ):
         searcher = catalog.get(collection).searcher
         result = searcher.text(q, k=k, offset=offset, min_score=min_score, filters=search_filters)
-        return search_response(request, collection, searcher, result, (k, offset, min_score))
+        paging, searched = (k, offset, min_score), (search_filters, set())
+        return search_response(request, collection, searcher, result, paging, None, searched)
 
     @api.post(
         "/api/collections/{collection}/search/image",
@@ -120,9 +156,12 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         options = dict(k=k, offset=offset, min_score=min_score, filters=search_filters)
         if file is not None:
             result = searcher.image(read_upload(file, settings.max_image_mb), **options)
+            exclude = set()
         else:
             result = searcher.similar(item_id, **options)
-        return search_response(request, collection, searcher, result, (k, offset, min_score))
+            exclude = {searcher.index.position(item_id)}
+        paging, searched = (k, offset, min_score), (search_filters, exclude)
+        return search_response(request, collection, searcher, result, paging, None, searched)
 
     @api.post(
         "/api/collections/{collection}/search/composed",
@@ -159,10 +198,9 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         file = one_source(file, item_id, "reference image")
         loaded = catalog.get(collection)
         if file is not None:
-            reference = read_upload(file, settings.max_image_mb)
-        else:
-            loaded.index.position(item_id)  # an unknown id is a 404, never a file path
-            reference = item_id
+            reference, exclude = read_upload(file, settings.max_image_mb), set()
+        else:  # an unknown id is a 404, never a file path
+            reference, exclude = item_id, {loaded.index.position(item_id)}
         result = loaded.searcher.composed(
             reference,
             text,
@@ -173,7 +211,9 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
             filters=search_filters,
         )
         parts = loaded.searcher.part_ranks(reference, text, [hit.id for hit in result.hits])
-        paging = (k, offset, min_score)
-        return search_response(request, collection, loaded.searcher, result, paging, parts)
+        paging, searched = (k, offset, min_score), (search_filters, exclude)
+        return search_response(
+            request, collection, loaded.searcher, result, paging, parts, searched
+        )
 
     return api

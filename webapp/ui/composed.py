@@ -31,6 +31,22 @@ from webapp.ui.detail import Detail, item_details, shown_image
 from webapp.ui.i18n import t
 from webapp.ui.shell import Shell
 
+# The note under the results says what each method's number is; its i18n key per method.
+SCORE_MEANINGS = {
+    "combiner": "score_meaning_combiner",
+    "zero-shot": "score_meaning_zero_shot",
+    "sum": "score_meaning_sum",
+}
+
+
+def score_note_key(method: str | None) -> str:
+    """The i18n key of what `method`'s scores mean; the generic note for a method it does not know."""
+    return SCORE_MEANINGS.get((method or "").strip(), "score_note_composed")
+
+
+def score_note(method: str | None):
+    return t(score_note_key(method))
+
 
 def composed_methods(collection: Collection) -> list[str]:
     """Trained methods first ("combiner", "zero-shot"), the "sum" baseline last."""
@@ -146,8 +162,8 @@ def build(settings, first: Collection | None) -> SimpleNamespace:
                 back_button = gr.Button(t("step_back"), elem_id="step-back")
         crumbs = gr.Radio([], label=t("no_steps"), elem_id="breadcrumbs", interactive=True)
         gallery, hits = results_gallery(t("composed_results"), "composed-results")
-        gr.Markdown(
-            t("score_note_composed"), elem_classes=["score-note"], elem_id="composed-score-note"
+        note = gr.Markdown(  # what the numbers mean for the method chosen: see wire_score_note
+            score_note(methods[0]), elem_classes=["score-note"], elem_id="composed-score-note"
         )
         explanation = why.build("composed")
         chain = gr.State([])
@@ -196,6 +212,7 @@ def open_view(tab: SimpleNamespace, collection: Collection, view) -> dict:
 def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
     tab.search_outputs = [tab.image, tab.gallery, tab.hits, tab.chain, tab.crumbs, tab.query_used]
     wire_search(tab, shell)
+    wire_score_note(tab)
     wire_steps(tab, shell)
     wire_refinement(tab, shell, detail)
 
@@ -222,6 +239,21 @@ def wire_search(tab: SimpleNamespace, shell: Shell) -> None:
         api_name="ui_composed_search",
     )
     wire_item_box(shell, tab.image, tab.item, "reference")
+
+
+def wire_score_note(tab: SimpleNamespace) -> None:
+    """The note follows the method: when it is chosen (by a person, a step back, a link, another
+    collection) and after each search, whose hits were scored by the method then chosen."""
+    listen(
+        [tab.method.change, tab.hits.change],
+        score_note,
+        [tab.method],
+        [tab.note],
+        api_name="composed_score_note",
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 def wire_steps(tab: SimpleNamespace, shell: Shell) -> None:
