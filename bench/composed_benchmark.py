@@ -40,6 +40,7 @@ from retrieval.eval.composed import evaluate_split
 from retrieval.eval.metrics import recall_gain
 from retrieval.eval.report import markdown_table
 from retrieval.shapes.languages import LANGUAGE_NAMES, parse_languages, split_in_language
+from retrieval.shapes.world import read_scenes
 
 DATA = ROOT / "precomputed" / "shapes"
 MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
@@ -51,18 +52,13 @@ INDEX_SIZE = 100_000
 COST_QUERY = "make the red circle on the left a large blue square"
 
 
-# --------------------------------------------------------------------------- data
-
-
-# --------------------------------------------------------------------------- training
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(backbone, composers: dict, test, ranks: dict) -> dict[str, dict]:
+def evaluate(backbone, composers: dict, test, ranks: dict, features=None) -> dict[str, dict]:
     """Metrics per composer; each one's per-query target ranks go into `ranks` (paired tests)."""
-    features = split_features(test, backbone, cache=False, progress=False)
+    if features is None:
+        features = split_features(test, backbone, cache=False, progress=False)
     results = {}
     for name, composer in composers.items():
         result = evaluate_split(test, backbone, composer, features, progress=False)
@@ -239,13 +235,11 @@ def table_rows(results: dict, prefix: str = "") -> list[list]:
     ]
 
 
-def language_rows(backbone, composers: dict, args, languages) -> list[list]:
+def language_rows(backbone, composers: dict, test, features, scenes, languages) -> list[list]:
     """Each method's R@1/5/10 with the edit requests in each language (same gallery, same edits)."""
-    test = read_cirr(args.data, "test")
-    features = split_features(test, backbone, cache=False, progress=False)
     rows = []
     for language in languages:
-        rephrased = split_in_language(test, args.data, language)
+        rephrased = split_in_language(test, scenes, language)
         for name, composer in composers.items():
             if name == "image only" and language != languages[0]:
                 continue  # the image alone reads no text
@@ -263,7 +257,8 @@ def quality_section(args) -> str:
     test = read_cirr(args.data, "test")
     composers = shipped_composers(COMBINER, PHI)
     ranks = {}
-    results = evaluate(backbone, composers, test, ranks)
+    features = split_features(test, backbone, cache=False, progress=False)
+    results = evaluate(backbone, composers, test, ranks, features)
     rows = table_rows(results)
     if args.previous_model:
         old = load_backbone(str(args.previous_model))
@@ -293,7 +288,8 @@ def quality_section(args) -> str:
     ]
     languages = parse_languages(args.languages)
     if len(languages) > 1:
-        per_language = language_rows(backbone, composers, args, languages)
+        scenes = read_scenes(args.data)
+        per_language = language_rows(backbone, composers, test, features, scenes, languages)
         lines += [
             "",
             "Per language (the test split's edit requests rewritten by the generator in each "

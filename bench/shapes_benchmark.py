@@ -89,13 +89,13 @@ def recall(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
 def by_language(backbone, gallery, names, cirr, data: Path, position, languages) -> dict:
     """Text -> image (canonical descriptions) and composed-sum recall with every text in each
     language: the same gallery and the same edits, phrased by the generator."""
-    scenes = {row["id"]: shapes.scene_of_row(row) for row in shapes.read_metadata_rows(data)}
+    scenes = shapes.read_scenes(data)
     rows = cirr.queries
     references = gallery[[position[r.reference] for r in rows]]
     results = {}
     for language in languages:
         descriptions = [describe(scenes[name], language) for name in names]
-        rephrased = split_in_language(cirr, data, language).queries
+        rephrased = split_in_language(cirr, scenes, language).queries
         captions = [query.captions[0] for query in rephrased]
         query = F.normalize(references + encode_texts(backbone, captions), dim=-1)
         results[language] = {

@@ -146,16 +146,21 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def missing_packages(model_cfg: dict | None) -> list[str]:
+def hf_packages(model_cfg: dict | None) -> list[str]:
     """Packages outside requirements.txt that this config's Hugging Face text tower or tokenizer
-    needs and that are not installed: known before open_clip fails halfway with an ImportError."""
+    needs (none for a model without Hugging Face parts)."""
     text_cfg = (model_cfg or {}).get("text_cfg", {})
     needed = []
     if "hf_model_name" in text_cfg:  # the test open_clip itself uses
         needed.append("transformers")
     if text_cfg.get("hf_tokenizer_name"):
         needed += ["transformers", "tokenizers"]
-    return [package for package in dict.fromkeys(needed) if not _installed(package)]
+    return list(dict.fromkeys(needed))
+
+
+def missing_packages(model_cfg: dict | None) -> list[str]:
+    """The `hf_packages` not installed: known before open_clip fails halfway with an ImportError."""
+    return [package for package in hf_packages(model_cfg) if not _installed(package)]
 
 
 def _missing_message(spec: str, packages: list[str]) -> str:
@@ -224,11 +229,6 @@ def _open_clip_name(spec: str, local: Path | None) -> tuple[str, str | None]:
     return name, pretrained or None
 
 
-def _hf_parts(model_cfg: dict | None) -> bool:
-    text_cfg = (model_cfg or {}).get("text_cfg", {})
-    return "hf_model_name" in text_cfg or bool(text_cfg.get("hf_tokenizer_name"))
-
-
 def _unavailable(spec: str, error: Exception, model_cfg: dict | None) -> ModelUnavailable:
     """One readable line instead of the download or transformers traceback."""
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -236,7 +236,7 @@ def _unavailable(spec: str, error: Exception, model_cfg: dict | None) -> ModelUn
     hf_note = (
         " (its Hugging Face text config and tokenizer too; a model folder keeps the tokenizer "
         "files beside the weights)"
-        if _hf_parts(model_cfg)
+        if hf_packages(model_cfg)
         else ""
     )
     return ModelUnavailable(

@@ -77,10 +77,11 @@ def shipped_shapes_recall(
 
     spec = Catalog.from_file(ROOT / "collections.json").specs["shapes"]
     from retrieval.shapes.languages import split_in_language
+    from retrieval.shapes.world import read_scenes
 
     test = read_cirr(ROOT / "precomputed" / "shapes", "test")
     if language != "en":
-        test = split_in_language(test, ROOT / "precomputed" / "shapes", language)
+        test = split_in_language(test, read_scenes(ROOT / "precomputed" / "shapes"), language)
     features = split_features(test, shipped_backbone("torch"), cache=False, progress=False)
     backbone = shipped_backbone(runtime or spec.runtime)
     composers = {

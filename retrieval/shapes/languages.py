@@ -9,7 +9,6 @@ grammar is (gender and number agreement, article elision, German case endings, w
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -507,10 +506,11 @@ def triplet_caption(triplet: Triplet, scenes: dict[str, Scene], language: str) -
     return edit_text(edit, source, np.random.default_rng([triplet.pairid, 31]), language)
 
 
-def split_in_language(split: ComposedSplit, root: str | Path, language: str) -> ComposedSplit:
+def split_in_language(
+    split: ComposedSplit, scenes: dict[str, Scene], language: str
+) -> ComposedSplit:
     """A stored Shapes split (CIRR layout) with every edit request rephrased in `language`: the
     same gallery and the same edits, so the languages are measured on equal terms."""
-    scenes = {row["id"]: world.scene_of_row(row) for row in world.read_metadata_rows(root)}
     queries = []
     for query in split.queries:
         kind = query.extra.get("edit", "")

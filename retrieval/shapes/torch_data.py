@@ -126,16 +126,18 @@ def split_tensors(
 ):
     """Pixels of a split's gallery, tokens of its canonical descriptions, and its triplets as
     positions, texts in `language`."""
-    position = {image.name: index for index, image in enumerate(data.images)}
-    pixels = torch.stack(
-        [transform(render(image.scene, image.seed + seed_offset)[0]) for image in data.images]
-    )
-    return pixels, *split_texts(data, tokenizer, language, position)
+    return split_pixels(data, transform, seed_offset), *split_texts(data, tokenizer, language)
 
 
-def split_texts(data: SplitData, tokenizer, language: str, position: dict[str, int] | None = None):
+def split_pixels(data: SplitData, transform, seed_offset: int = 0) -> torch.Tensor:
+    """The split's gallery rendered and transformed, in gallery order."""
+    renders = [render(image.scene, image.seed + seed_offset)[0] for image in data.images]
+    return torch.stack([transform(picture) for picture in renders])
+
+
+def split_texts(data: SplitData, tokenizer, language: str):
     """Description tokens and (reference, caption tokens, target) of a split in `language`."""
-    position = position or {image.name: index for index, image in enumerate(data.images)}
+    position = {image.name: index for index, image in enumerate(data.images)}
     scenes = {image.name: image.scene for image in data.images}
     tokens = tokenizer([describe(image.scene, language) for image in data.images])
     references = torch.tensor([position[t.reference] for t in data.triplets])

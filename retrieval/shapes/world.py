@@ -722,6 +722,11 @@ def scene_of_row(row: dict) -> Scene:
     )
 
 
+def read_scenes(root: str | Path, split: str | None = None) -> dict[str, Scene]:
+    """Every item's scene in a generated dataset, by id."""
+    return {row["id"]: scene_of_row(row) for row in read_metadata_rows(root, split)}
+
+
 def read_metadata_rows(root: str | Path, split: str | None = None) -> list[dict]:
     with (Path(root) / "metadata.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -21,7 +21,7 @@ from retrieval.collection import read_metadata
 from retrieval.errors import BadInput
 from retrieval.eval.metrics import feature_ranks, recall_at_k
 from retrieval.images import open_image
-from retrieval.shapes.torch_data import split_tensors, split_texts
+from retrieval.shapes.torch_data import split_pixels, split_texts
 from retrieval.shapes.world import build_split
 from retrieval.train.loop import (
     MODEL_FILE,
@@ -174,24 +174,26 @@ def retrieval_validator(
     """
 
     def validate(model) -> dict[str, float]:
-        images = _encode_images(model, pixels)
-        metrics = {}
-        if tokens is not None:
-            texts = _encode_texts(model, tokens).cpu()
-            t2i = recall_at_k(feature_ranks(texts, images.cpu(), torch.arange(len(pixels))), ks)
-            metrics.update({f"t2i_{k}": v for k, v in t2i.items()})
-            metrics["t2i_mean"] = sum(t2i.values()) / len(t2i)
-        if triplets is not None:
-            references, caption_tokens, targets = triplets
-            query = F.normalize(
-                images[references].cpu() + _encode_texts(model, caption_tokens).cpu(), dim=-1
-            )
-            composed = recall_at_k(feature_ranks(query, images.cpu(), targets, references), ks)
-            metrics.update({f"sum_{k}": v for k, v in composed.items()})
-            metrics["sum_mean"] = sum(composed.values()) / len(composed)
-        return metrics
+        return text_metrics(model, _encode_images(model, pixels).cpu(), tokens, triplets, ks)
 
     return validate
+
+
+def text_metrics(model, images: torch.Tensor, tokens, triplets=None, ks=(1, 5, 10)) -> dict:
+    """`retrieval_validator`'s metrics for already encoded gallery images."""
+    metrics = {}
+    if tokens is not None:
+        texts = _encode_texts(model, tokens).cpu()
+        t2i = recall_at_k(feature_ranks(texts, images, torch.arange(len(images))), ks)
+        metrics.update({f"t2i_{k}": v for k, v in t2i.items()})
+        metrics["t2i_mean"] = sum(t2i.values()) / len(t2i)
+    if triplets is not None:
+        references, caption_tokens, targets = triplets
+        query = F.normalize(images[references] + _encode_texts(model, caption_tokens).cpu(), dim=-1)
+        composed = recall_at_k(feature_ranks(query, images, targets, references), ks)
+        metrics.update({f"sum_{k}": v for k, v in composed.items()})
+        metrics["sum_mean"] = sum(composed.values()) / len(composed)
+    return metrics
 
 
 def shapes_validator(
@@ -203,18 +205,16 @@ def shapes_validator(
     `t2i_mean` / `sum_mean` average over the languages, so checkpoints are picked for all of them.
     """
     data = build_split("val", sets, seed)
-    pixels, tokens, triplets = split_tensors(data, transform, tokenizer, language=languages[0])
+    pixels = split_pixels(data, transform)
     if len(languages) == 1:
-        return retrieval_validator(pixels, tokens, triplets)
-    validators = {
-        language: retrieval_validator(pixels, *split_texts(data, tokenizer, language))
-        for language in languages
-    }
+        return retrieval_validator(pixels, *split_texts(data, tokenizer, languages[0]))
+    texts = {language: split_texts(data, tokenizer, language) for language in languages}
 
     def validate(model) -> dict[str, float]:
-        metrics = {}
-        for language, language_validate in validators.items():
-            metrics.update({f"{language}_{k}": v for k, v in language_validate(model).items()})
+        images, metrics = _encode_images(model, pixels).cpu(), {}  # once for every language
+        for language, (tokens, triplets) in texts.items():
+            language_metrics = text_metrics(model, images, tokens, triplets)
+            metrics.update({f"{language}_{k}": v for k, v in language_metrics.items()})
         for name in ("t2i_mean", "sum_mean"):
             metrics[name] = sum(metrics[f"{lang}_{name}"] for lang in languages) / len(languages)
         return metrics
