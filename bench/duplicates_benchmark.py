@@ -27,16 +27,21 @@ from dataclasses import dataclass
 import imagehash
 import numpy as np
 from PIL import Image, ImageEnhance
+from sklearn.linear_model import LogisticRegression
 
 from bench.report import write_section
 from retrieval.backbone import load_backbone
 from retrieval.duplicates import (
+    NEIGHBOURS,
     SIGNATURE_LENGTH,
+    CopyModel,
+    CopyScorer,
     DuplicateThresholds,
+    average_linkage,
     candidate_pairs,
-    group_pairs,
+    copy_scores,
+    pair_evidence,
     signatures_of,
-    verify_pairs,
 )
 from retrieval.eval.report import markdown_table
 from retrieval.images import thumbnail
@@ -45,8 +50,11 @@ from retrieval.shapes.world import describe, random_scene, render
 MODEL = "precomputed/shapes-clip-tiny"
 COPY_KINDS = ("jpeg30", "resize50", "crop85", "rotate15", "jitter20")
 THUMB_SIZE, THUMB_QUALITY = 256, 85  # retrieval.config thumb_size, retrieval.embed's JPEG quality
-TARGET_PRECISION = 0.95
-K = 10
+TARGET_PRECISION = 0.95  # the issue's target, on test
+# Calibration asks val for more: at 300 originals a split's precision moves by 2-4 points from
+# val to test (seen in the first run of this benchmark), so 0.95 on val is a coin toss on test.
+CALIBRATION_PRECISION = 0.975
+K = 10  # neighbours for the previous methods' rows
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -162,7 +170,7 @@ def prf(tp: int, predicted: int, total: int) -> tuple[float, float, float]:
 
 def choose(points: list[tuple[float, float, float, object]]):
     """(P, R, F1, threshold) -> the best: max recall at P >= target, else max F1."""
-    good = [p for p in points if p[0] >= TARGET_PRECISION]
+    good = [p for p in points if p[0] >= CALIBRATION_PRECISION]
     if good:
         return max(good, key=lambda p: (p[1], p[0]))
     return max(points, key=lambda p: p[2])
@@ -180,7 +188,9 @@ def evaluate_pairs(prep: Prepared, i, j) -> dict:
     """TP / FP counts and P, R, F1 of a predicted pair list, plus the re-rendering FPs."""
     items = prep.items
     labels = truth(items, i, j)
-    same_scene = np.array([items.scene[a] == items.scene[b] for a, b in zip(i, j, strict=True)])
+    same_scene = np.array(
+        [items.scene[a] == items.scene[b] for a, b in zip(i, j, strict=True)], dtype=bool
+    )
     tp = int(labels.sum())
     p, r, f = prf(tp, len(i), positives(items))
     return {
@@ -215,10 +225,34 @@ def apply_single(prep: Prepared, scorer, threshold: float) -> dict:
     return evaluate_pairs(prep, i[keep], j[keep])
 
 
+def group_pairs(pairs: list[tuple[int, int]], count: int) -> list[list[int]]:
+    """Single linkage (the previous grouping): connected components of size >= 2, each sorted."""
+    parent = list(range(count))
+
+    def root(item: int) -> int:
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for i, j in pairs:
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for item in range(count):
+        groups.setdefault(root(item), []).append(item)
+    return sorted((g for g in groups.values() if len(g) >= 2), key=lambda g: g[0])
+
+
 def group_implied(pairs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    return group_implied_members(group_pairs([(int(a), int(b)) for a, b in pairs], count))
+
+
+def group_implied_members(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Every pair inside a group: what a person shown the groups is told are copies."""
     i, j = [], []
-    for members in group_pairs([(int(a), int(b)) for a, b in pairs], count):
+    for members in groups:
         a, b = np.triu_indices(len(members), k=1)
         i.append(np.array(members)[a])
         j.append(np.array(members)[b])
@@ -231,15 +265,46 @@ def group_implied(pairs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray
 class Verified:
     candidates: np.ndarray  # (P, 3) i, j, cosine at the lowest cosine tried
     copy_scores: np.ndarray
+    scorer: CopyScorer | None = None  # set: groups by average linkage (`find_duplicates`)
 
 
-def verified(prep: Prepared, min_cosine: float, verifier) -> Verified:
-    candidates = candidate_pairs(prep.vectors, min_cosine, k=K)
+def verified(prep: Prepared, min_cosine: float, verifier, k: int = K) -> Verified:
+    candidates = candidate_pairs(prep.vectors, min_cosine, k=k)
     return Verified(candidates, verifier(candidates, prep))
 
 
-def pixel_verifier(candidates, prep):
-    return verify_pairs(candidates, prep.signatures)
+def shipped_verified(prep: Prepared, min_cosine: float, model: CopyModel) -> Verified:
+    """`find_duplicates`' own stages: NEIGHBOURS candidates, copy model, average linkage."""
+    candidates = candidate_pairs(prep.vectors, min_cosine, k=NEIGHBOURS)
+    scorer = CopyScorer(prep.vectors, prep.signatures, model)
+    return Verified(candidates, scorer.add(candidates), scorer)
+
+
+def alignment_verifier(candidates, prep):
+    """The previous method: the best warp's pixel correlation alone."""
+    return pair_evidence(candidates, prep.signatures)[:, 0]
+
+
+def fit_copy_model(prep: Prepared, min_cosine: float) -> CopyModel:
+    """Logistic regression on the split's candidate pairs, labelled by the ground truth."""
+    candidates = candidate_pairs(prep.vectors, min_cosine, k=NEIGHBOURS)
+    evidence = pair_evidence(candidates, prep.signatures).astype(np.float64)
+    labels = truth(prep.items, candidates[:, 0].astype(int), candidates[:, 1].astype(int))
+    mean, scale = evidence.mean(axis=0), np.maximum(evidence.std(axis=0), 1e-6)
+    fitted = LogisticRegression(C=10.0, max_iter=5000).fit((evidence - mean) / scale, labels)
+    return CopyModel(
+        mean=tuple(np.round(mean, 6).tolist()),
+        scale=tuple(np.round(scale, 6).tolist()),
+        weights=tuple(np.round(fitted.coef_[0], 6).tolist()),
+        bias=round(float(fitted.intercept_[0]), 6),
+    )
+
+
+def model_verifier(model: CopyModel):
+    def verify(candidates, prep):
+        return copy_scores(candidates, prep.signatures, model)
+
+    return verify
 
 
 def phash_verifier(candidates, prep):
@@ -252,19 +317,28 @@ def method_result(prep: Prepared, found: Verified, thresholds: DuplicateThreshol
     keep = (found.candidates[:, 2] >= thresholds.min_cosine) & (
         found.copy_scores >= thresholds.min_copy_score
     )
-    i, j = group_implied(found.candidates[keep, :2].astype(int), len(prep.vectors))
+    if found.scorer is None:
+        i, j = group_implied(found.candidates[keep, :2].astype(int), len(prep.vectors))
+        return evaluate_pairs(prep, i, j)
+    links = np.concatenate([found.candidates[keep, :2], found.copy_scores[keep, None]], axis=1)
+    groups = average_linkage(len(prep.vectors), links, found.scorer, thresholds.min_copy_score)
+    i, j = group_implied_members([group["members"] for group in groups])
     return evaluate_pairs(prep, i, j)
 
 
 COSINE_GRID = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
+PROBABILITY_GRID = (*np.round(np.arange(0.05, 0.96, 0.05), 2), 0.97, 0.98, 0.99)
 
 
 def calibrate_method(prep: Prepared, found: Verified) -> DuplicateThresholds:
     """Grid over (min_cosine, min_copy_score), scored on group-implied pairs."""
-    scores = np.unique(np.round(found.copy_scores, 3))
+    scores = np.unique(np.quantile(found.copy_scores, np.linspace(0.5, 1.0, 301)))
+    cosines = COSINE_GRID
+    if found.scorer is not None:  # average linkage is slower: probabilities on a fixed grid
+        scores, cosines = PROBABILITY_GRID, COSINE_GRID[:1]
     points = []
-    for cosine in COSINE_GRID:
-        for score in scores[scores > 0.5][:: max(1, len(scores) // 150)]:
+    for cosine in cosines:
+        for score in scores:
             thresholds = DuplicateThresholds(float(cosine), float(score))
             result = method_result(prep, found, thresholds)
             points.append((result["P"], result["R"], result["F1"], thresholds))
@@ -289,10 +363,10 @@ def time_scale(count: int, min_cosine: float) -> dict:
     vectors = clip_like_vectors(count, 512, seed=5)
     signatures = np.random.default_rng(6).integers(0, 256, (count, SIGNATURE_LENGTH), np.uint8)
     start = time.perf_counter()
-    candidates = candidate_pairs(vectors, -1.0, k=K)
+    candidates = candidate_pairs(vectors, -1.0, k=NEIGHBOURS)
     knn_s = time.perf_counter() - start
     start = time.perf_counter()
-    verify_pairs(candidates, signatures)
+    copy_scores(candidates, signatures)
     verify_s = time.perf_counter() - start
     kept = int((candidates[:, 2] >= min_cosine).sum())
     return {
@@ -334,17 +408,23 @@ def main() -> None:
         rows.append([name, shown, *apply_single(test, scorer, threshold).values()])
         print(rows[-1], flush=True)
     lowest = float(min(COSINE_GRID))
-    for name, verifier in (
-        ("CLIP kNN + phash check (groups)", phash_verifier),
-        ("CLIP kNN + pixel check (groups)", pixel_verifier),
-    ):
-        thresholds = calibrate_method(val, verified(val, lowest, verifier))
+    model = fit_copy_model(val, lowest)
+    print(f"COPY_MODEL = {model!r}", flush=True)
+    shipped = "CLIP kNN (k=30) + copy model, average linkage (shipped)"
+    for name, verify in (
+        ("CLIP kNN (k=10) + phash check", lambda p: verified(p, lowest, phash_verifier)),
+        ("CLIP kNN (k=10) + pixel alignment (previous)", lambda p: verified(p, lowest, alignment_verifier)),
+        ("CLIP kNN (k=30) + copy model, single linkage", lambda p: verified(p, lowest, model_verifier(model), NEIGHBOURS)),
+        (shipped, lambda p: shipped_verified(p, lowest, model)),
+    ):  # fmt: skip
+        thresholds = calibrate_method(val, verify(val))
         chosen[name] = thresholds
-        result = method_result(test, verified(test, lowest, verifier), thresholds)
+        result = method_result(test, verify(test), thresholds)
         shown = f"cosine >= {thresholds.min_cosine:.2f}, copy >= {thresholds.min_copy_score:.3f}"
         rows.append([name, shown, *result.values()])
         print(rows[-1], flush=True)
-    final = chosen["CLIP kNN + pixel check (groups)"]
+    final = chosen[shipped]
+    print(f"CALIBRATED = {final!r}", flush=True)
     timing = time_scale(args.scale, final.min_cosine)
     print(timing, flush=True)
 
@@ -357,16 +437,21 @@ Per split: {args.originals} originals x {len(COPY_KINDS)} copies ({", ".join(COP
 {args.originals} same-scene re-renderings, {args.unrelated} unrelated scenes:
 {len(test_items.images)} test items, {positives(test_items)} positive pairs among
 {len(test_items.images) * (len(test_items.images) - 1) // 2:,}. Thresholds calibrated on val
-(max recall at precision >= {TARGET_PRECISION}), measured on test. Single-score methods are
-scored on all pairs; the CLIP kNN methods (k={K}) on every pair inside a returned group
-(`find_duplicates` semantics). Rotation copies fill their corners with the median border colour;
-signatures and hashes come from the 256 px JPEG q{THUMB_QUALITY} thumbnail.
+(max val recall at val precision >= {CALIBRATION_PRECISION}, a margin over the
+target {TARGET_PRECISION}), measured on test. Single-score methods are
+scored on all pairs; the CLIP kNN methods on every pair inside a returned group (what a
+cataloguer is told are copies). Single linkage joins two groups on any verified pair; average
+linkage (`find_duplicates`) only when the mean copy probability over all pairs between them
+reaches the threshold. The copy model is a logistic regression over `EVIDENCE` (alignment,
+colour residual and gains, CLIP cosine), fitted on the val candidates. Rotation copies fill
+their corners with the median border colour; signatures and hashes come from the 256 px JPEG
+q{THUMB_QUALITY} thumbnail.
 
 {table}
 
-`candidate_pairs` + `verify_pairs` on {timing["count"]:,} CLIP-like 512-d vectors (shared mean
+`candidate_pairs` + `copy_scores` on {timing["count"]:,} CLIP-like 512-d vectors (shared mean
 direction + {timing["count"] // 20:,} cluster centres + noise) with random signatures: exact kNN
-(k={K}, blocks of 4096 queries) {timing["knn_s"]:.1f} s for {timing["pairs"]:,} distinct pairs;
+(k={NEIGHBOURS}, blocks of 4096 queries) {timing["knn_s"]:.1f} s for {timing["pairs"]:,} distinct pairs;
 verifying all of them {timing["verify_s"]:.1f} s (the worst case: {timing["kept"]:,} of them reach
 the calibrated cosine {final.min_cosine:.2f} on these synthetic vectors). 2 cores shared with
 other jobs: load {load_start} at start, {load()} at the end; total {(time.perf_counter() - started) / 60:.1f} min.

@@ -68,7 +68,7 @@ def load_artifact(
         raw = upgrade(json.loads((directory / layout.config).read_text()))
         raw["model_spec"] = resolved_spec(raw.get("model_spec", ""), directory)
         config = config_class(**raw)
-    except (TypeError, json.JSONDecodeError) as error:
+    except (TypeError, json.JSONDecodeError, BadInput) as error:
         raise BadInput(
             f"{directory / layout.config} is not a valid {layout.kind} config: {error}"
         ) from error

@@ -73,7 +73,7 @@ def relative_path(path: Path, base: Path) -> str:
 def portable_spec(spec: str, base: Path) -> str:
     """What an artifact records as its model: a model folder relative to `base`, other specs as given."""
     path = Path(spec.removeprefix("local-dir:")).expanduser()
-    return relative_path(path, base) if path.is_dir() else spec
+    return relative_path(path, base) if spec and path.is_dir() else spec  # "" is not "."
 
 
 def resolved_spec(spec: str, base: Path) -> str:
@@ -245,6 +245,15 @@ def _unavailable(spec: str, error: Exception, model_cfg: dict | None) -> ModelUn
     )
 
 
+def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """OpenAI's weights were trained with QuickGELU; open_clip builds `ViT-B-32` with plain GELU
+    and only warns when they are loaded into it, which quietly changes every feature."""
+    if not pretrained or name.startswith(HUB_PREFIX) or name.startswith("local-dir:"):
+        return False
+    tag = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    return bool(tag.get("quick_gelu")) and not name.endswith("-quickgelu")
+
+
 def _create(spec: str, device: torch.device):
     local = _local_dir(spec)
     name, pretrained = _open_clip_name(spec, local)
@@ -252,7 +261,11 @@ def _create(spec: str, device: torch.device):
     require_packages(spec, model_cfg)
     try:
         model, _, transform = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, weights_only=True
+            name,
+            pretrained=pretrained,
+            device=device,
+            weights_only=True,
+            force_quick_gelu=needs_quick_gelu(name, pretrained),
         )
         tokenizer = open_clip.get_tokenizer(name)
     except ImportError as error:  # a tokenizer's own extra (sentencepiece, protobuf)
@@ -270,7 +283,8 @@ def input_size(model: torch.nn.Module) -> int:
 
 @dataclass
 class Backbone:
-    """A CLIP model ready to embed images and texts into one normalised space."""
+    """A CLIP model ready to embed images and texts into one normalised space (the `encode_*`
+    methods also give the features before normalisation, with `normalise=False`)."""
 
     spec: str
     model: torch.nn.Module
@@ -328,12 +342,14 @@ class Backbone:
         return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
 
     @torch.inference_mode()
-    def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image_tensors(self, pixels: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        """(B, d) float32 image features: unit length, or with `normalise=False` the image
+        encoder's output as it is (what models trained on raw CLIP features take)."""
         if self.towers:
-            return self.towers.encode_image(pixels)
+            return self.towers.encode_image(pixels, normalise)
         with self._autocast():
             features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        return _maybe_normalised(features.float(), normalise)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         cleaned = [text.strip() if isinstance(text, str) else "" for text in texts]
@@ -355,15 +371,16 @@ class Backbone:
         return count is not None and count > self.context_length
 
     @torch.inference_mode()
-    def encode_token_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_token_ids(self, tokens: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        """(B, d) float32 text features, unit length unless `normalise=False` (the raw output)."""
         if self.towers:
-            return self.towers.encode_text(tokens)
+            return self.towers.encode_text(tokens, normalise)
         with self._autocast():
             features = self.model.encode_text(tokens.to(self.device))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        return _maybe_normalised(features.float(), normalise)
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.encode_token_ids(self.tokenize(texts)).cpu().numpy()
+    def encode_texts(self, texts: list[str], normalise: bool = True) -> np.ndarray:
+        return self.encode_token_ids(self.tokenize(texts), normalise).cpu().numpy()
 
     def open(self, source: ImageSource):
         """Decode a query image under this backbone's limits (the server's settings)."""
@@ -372,9 +389,13 @@ class Backbone:
     def preprocess(self, source: ImageSource) -> torch.Tensor:
         return self.transform(self.open(source))
 
-    def encode_images(self, sources: list[ImageSource]) -> np.ndarray:
+    def encode_images(self, sources: list[ImageSource], normalise: bool = True) -> np.ndarray:
         pixels = torch.stack([self.preprocess(source) for source in sources])
-        return self.encode_image_tensors(pixels).cpu().numpy()
+        return self.encode_image_tensors(pixels, normalise).cpu().numpy()
+
+
+def _maybe_normalised(features: torch.Tensor, normalise: bool) -> torch.Tensor:
+    return torch.nn.functional.normalize(features, dim=-1) if normalise else features
 
 
 @lru_cache(maxsize=8)

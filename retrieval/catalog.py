@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.backbone import Backbone, load_backbone, pick_device
+from retrieval.composed.baselines import weights_licence
 from retrieval.composed.combiner import combiner_composer, load_combiner
 from retrieval.composed.phi import load_phi, zero_shot_composer
 from retrieval.config import DEFAULTS, Settings
@@ -61,6 +62,11 @@ class Collection:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def method_licences(self) -> dict[str, str]:
+        """Composed methods whose weights carry a licence of their own, shown wherever offered."""
+        licences = {name: weights_licence(c) for name, c in self.searcher.composers.items()}
+        return {name: licence for name, licence in licences.items() if licence}
 
 
 def composers_for(spec: CollectionSpec) -> dict:

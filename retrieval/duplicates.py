@@ -6,17 +6,20 @@ Two stages, because each alone fails in opposite ways:
    keeps pairs with cosine >= `min_cosine`. Cheap, and every copy lands near its original, but so
    does every image that merely shows the same thing (in the Shapes world: the same scene
    rendered with another seed), which CLIP embeds almost identically.
-2. Pixel verification. A signature is the image at SIDE x SIDE pixels in Y, Cb, Cr, the two
+2. Copy verification. A signature is the image at SIDE x SIDE pixels in Y, Cb, Cr, the two
    colour planes blurred (JPEG stores colour coarsely; without colour a yellow shape on light
-   grey all but vanishes). A pair's copy score is the best normalised cross-correlation of the
-   two signatures inside a central disc, after warping one of them by each rotation in ANGLES
-   and each scale in SCALES. A copy is the same pixels under one global geometric and
-   photometric change, so some warp lines it up almost exactly: per-plane mean removal and one
-   joint norm cancel brightness, contrast and saturation, and the disc ignores the corners a
-   rotation fills. A re-rendering moves, resizes and turns each object on its own and draws a
-   new background, so no single warp fits everything. Its limit: one small object on a plain
-   background re-drawn almost in place is, at 32 px, nearly the same picture (measured in
-   BENCHMARKS.md).
+   grey all but vanishes). For each candidate pair:
+   - geometry: the best normalised cross-correlation of the two signatures inside a central
+     disc, after warping one of them by each rotation in ANGLES and each scale in SCALES (the
+     disc ignores the corners a rotation fills);
+   - colour: at that warp, the least-squares global colour change (brightness and contrast on
+     luma, saturation on chroma) and what it leaves unexplained.
+   A copy is the same pixels under one geometric and one photometric change, so both fit almost
+   exactly. A re-rendering moves, resizes and turns each object on its own and shifts each
+   object's colour on its own, so no single change fits everything. Correlation alone could not
+   tell a small object re-drawn almost in place from a copy; the colour residual can.
+   A logistic model over this evidence (COPY_MODEL, fitted on the Shapes val split) turns it
+   into the probability that the pair is a copy.
 
 Pairs a cataloguer marked "not duplicates" are dropped before grouping; groups are the connected
 components of the remaining verified pairs.
@@ -48,16 +51,18 @@ SCALES = (0.85, 1.0, 1 / 0.85)  # an 85% centre crop zooms by 1 / 0.85
 RADIUS = 0.84  # compared disc, in half-sides: its samples stay inside the frame at every warp
 VERIFY_BUDGET = 16_000_000  # float32 values held per verification block (~64 MB, x3 in temporaries)
 SIGNATURE_LENGTH = 3 * SIDE * SIDE
+NEIGHBOURS = 30  # kNN candidates per item: with 10, copies inside a dense cluster of look-alikes
+# found no link at all (Shapes val: 0.89 of copy pairs reachable; 30: 0.96)
 
 
 @dataclass(frozen=True)
 class DuplicateThresholds:
     min_cosine: float  # CLIP cosine for a pair to be a candidate
-    min_copy_score: float  # verified copy score for a candidate to count as a duplicate
+    min_copy_score: float  # copy probability for a candidate to count as a duplicate
 
 
 # python -m bench.duplicates_benchmark (the val split; see BENCHMARKS.md "Near-duplicate groups")
-CALIBRATED = DuplicateThresholds(min_cosine=0.5, min_copy_score=0.988)
+CALIBRATED = DuplicateThresholds(min_cosine=0.5, min_copy_score=0.4)
 
 
 def image_signature(image: Image.Image) -> np.ndarray:
@@ -137,20 +142,19 @@ def _targets(signatures: np.ndarray) -> np.ndarray:
     return _standardise(planes.astype(np.float32))
 
 
-def verify_pairs(
+def align_pairs(
     pairs: np.ndarray, signatures: np.ndarray, budget: int = VERIFY_BUDGET
-) -> np.ndarray:
-    """Copy score in [-1, 1] per pair (i, j, ...): the best correlation of a warp of i with j.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (i, j, ...): the best correlation in [-1, 1] of a warp of i with j, and that warp.
 
     Items are taken in blocks of similar pair count; each is warped once and its warps are
     multiplied with all its partners in one batched matrix product (`budget` caps the floats
     held per block)."""
     pairs = np.asarray(pairs)
-    if signatures.ndim != 2 or signatures.shape[1] != SIGNATURE_LENGTH:
-        raise BadInput(f"signatures must be (N, {SIGNATURE_LENGTH}), got {signatures.shape}")
-    scores = np.zeros(len(pairs), np.float32)
+    _check_signatures(signatures)
+    scores, best = np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.int64)
     if not len(pairs):
-        return scores
+        return scores, best
     left, right = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
     order = np.argsort(left, kind="stable")
     items, starts, counts = np.unique(left[order], return_index=True, return_counts=True)
@@ -172,7 +176,127 @@ def verify_pairs(
         partners[slot, rank] = _targets(signatures[right[rows]])
         products = np.matmul(_warped(signatures[items[block]], taps), partners.transpose(0, 2, 1))
         scores[rows] = products.max(axis=1)[slot, rank]
-    return scores
+        best[rows] = products.argmax(axis=1)[slot, rank]
+    return scores, best
+
+
+def _check_signatures(signatures: np.ndarray) -> None:
+    if signatures.ndim != 2 or signatures.shape[1] != SIGNATURE_LENGTH:
+        raise BadInput(f"signatures must be (N, {SIGNATURE_LENGTH}), got {signatures.shape}")
+
+
+# -- copy evidence -------------------------------------------------------------------------------
+EVIDENCE = (
+    "alignment",  # best warp's correlation: how well one geometric change lines the pixels up
+    "unexplained",  # energy share left after the best photometric change (see _photometric_fit)
+    "luma_gain",  # |log| of the brightness-contrast gain that change needs
+    "chroma_gain",  # |log| of its saturation gain
+    "luma_residual",  # what the change leaves, in grey levels (RMS)
+    "chroma_residual",
+    "cosine",  # CLIP similarity of the two items
+)
+GAIN_LIMIT = 5.0  # |log gain| cap: a flat image has no gain to measure
+FIT_BLOCK = 4096  # pairs per photometric fit block (~30 MB of warped pixels)
+
+
+def _best_warp_pixels(signatures: np.ndarray, items: np.ndarray, warps: np.ndarray):
+    """(P, 3, M) disc pixels of each item under its own warp, in signature units (0..255)."""
+    indices, weights = _warp_taps()
+    per_warp = len(indices[0]) // (len(ANGLES) * len(SCALES))
+    columns = warps[:, None] * per_warp + np.arange(per_warp)[None, :]
+    flat = signatures[items].astype(np.float32)
+    total = np.zeros(columns.shape, np.float32)
+    for corner in range(4):
+        taken = np.take_along_axis(flat, indices[corner][columns], axis=1)
+        total += taken * weights[corner][columns]
+    return total.reshape(len(items), 3, -1)
+
+
+def _photometric_fit(moved: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(P, 5): unexplained share, |log| luma and chroma gains, luma and chroma RMS residuals.
+
+    A copy's colours are one global change of the original's: brightness and contrast scale the
+    luma around its mean (Y' = a Y + b) and, with saturation, the chroma around neutral grey
+    (C' - 128 = g (C - 128), one g for both planes). Fit both by least squares and measure what
+    is left: a re-rendering moves each object's and the background's colour on its own."""
+    luma, luma_target = moved[:, 0], target[:, 0]
+    luma = luma - luma.mean(axis=1, keepdims=True)
+    luma_target = luma_target - luma_target.mean(axis=1, keepdims=True)
+    luma_gain = _gain(luma, luma_target)
+    chroma = moved[:, 1:].reshape(len(moved), -1) - 128.0
+    chroma_target = target[:, 1:].reshape(len(target), -1) - 128.0
+    chroma_gain = _gain(chroma, chroma_target)
+    luma_left = luma_target - luma_gain[:, None] * luma
+    chroma_left = chroma_target - chroma_gain[:, None] * chroma
+    left = (luma_left**2).sum(axis=1) + (chroma_left**2).sum(axis=1)
+    energy = (luma_target**2).sum(axis=1) + (chroma_target**2).sum(axis=1)
+    return np.stack(
+        [
+            left / np.maximum(energy, 1e-6),
+            _log_size(luma_gain),
+            _log_size(chroma_gain),
+            np.sqrt((luma_left**2).mean(axis=1)),
+            np.sqrt((chroma_left**2).mean(axis=1)),
+        ],
+        axis=1,
+    )
+
+
+def _gain(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return (source * target).sum(axis=1) / np.maximum((source * source).sum(axis=1), 1e-6)
+
+
+def _log_size(gain: np.ndarray) -> np.ndarray:
+    return np.minimum(np.abs(np.log(np.clip(gain, 1e-3, None))), GAIN_LIMIT)
+
+
+def pair_evidence(pairs: np.ndarray, signatures: np.ndarray) -> np.ndarray:
+    """(P, len(EVIDENCE)) float32 for candidate rows (i, j, cosine): what a copy decision rests on."""
+    pairs = np.asarray(pairs, dtype=np.float64).reshape(-1, 3)
+    alignment, warps = align_pairs(pairs, signatures)
+    evidence = np.zeros((len(pairs), len(EVIDENCE)), np.float32)
+    evidence[:, 0], evidence[:, -1] = alignment, pairs[:, 2]
+    disc = _disc_mask().reshape(-1)
+    for start in range(0, len(pairs), FIT_BLOCK):
+        rows = slice(start, start + FIT_BLOCK)
+        left, right = pairs[rows, 0].astype(np.int64), pairs[rows, 1].astype(np.int64)
+        moved = _best_warp_pixels(signatures, left, warps[rows])
+        target = signatures[right].reshape(len(right), 3, -1)[:, :, disc].astype(np.float32)
+        evidence[rows, 1:-1] = _photometric_fit(moved, target)
+    return evidence
+
+
+@dataclass(frozen=True)
+class CopyModel:
+    """Logistic regression over standardised EVIDENCE: the probability that a pair is a copy.
+
+    Fitted on the Shapes val split's candidate pairs by `python -m bench.duplicates_benchmark`,
+    which prints a new COPY_MODEL; kept as numbers here so nothing is unpickled."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    def probability(self, evidence: np.ndarray) -> np.ndarray:
+        standard = (evidence - np.asarray(self.mean)) / np.asarray(self.scale)
+        logits = standard @ np.asarray(self.weights) + self.bias
+        return (1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))).astype(np.float32)
+
+
+COPY_MODEL = CopyModel(  # python -m bench.duplicates_benchmark (val split), see BENCHMARKS.md
+    mean=(0.247054, 0.729788, 2.73919, 2.242758, 15.844028, 6.640915, 0.897861),
+    scale=(0.402214, 0.334035, 2.02532, 2.008888, 10.871007, 3.681507, 0.089719),
+    weights=(18.124416, -6.845425, -3.088857, -1.402806, -6.865756, -5.624469, -1.938789),
+    bias=-63.850784,
+)
+
+
+def copy_scores(
+    pairs: np.ndarray, signatures: np.ndarray, model: CopyModel = COPY_MODEL
+) -> np.ndarray:
+    """Probability in [0, 1] that each candidate row (i, j, cosine) is a pair of copies."""
+    return model.probability(pair_evidence(pairs, signatures))
 
 
 def candidate_pairs(
@@ -199,24 +323,53 @@ def candidate_pairs(
     return np.stack([low[first], high[first], rows[first, 2]], axis=1)
 
 
-def group_pairs(pairs: list[tuple[int, int]], count: int) -> list[list[int]]:
-    """Connected components of size >= 2 (union-find), each sorted, ordered by first member."""
-    parent = list(range(count))
+class CopyScorer:
+    """Copy probabilities of item pairs, each computed once: grouping asks for pairs that the
+    kNN candidates never offered. A cataloguer's "not duplicates" pair counts as 0."""
 
-    def root(item: int) -> int:
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
+    def __init__(self, vectors, signatures, model: CopyModel = COPY_MODEL, excluded=None):
+        self.vectors, self.signatures, self.model = vectors, signatures, model
+        self.known = {tuple(sorted(pair)): 0.0 for pair in (excluded or ())}
 
-    for i, j in pairs:
-        a, b = root(int(i)), root(int(j))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    groups: dict[int, list[int]] = {}
-    for item in range(count):
-        groups.setdefault(root(item), []).append(item)
-    return sorted((g for g in groups.values() if len(g) >= 2), key=lambda g: g[0])
+    def add(self, candidates: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """Score candidate rows (i, j, cosine) (or take their given scores); returns them."""
+        if scores is None:
+            scores = copy_scores(candidates, self.signatures, self.model)
+        pairs = [(int(i), int(j)) for i, j in candidates[:, :2]]
+        for pair, score in zip(pairs, scores, strict=True):
+            self.known.setdefault(pair, float(score))
+        return np.array([self.known[pair] for pair in pairs], np.float32)
+
+    def between(self, first: list[int], second: list[int]) -> np.ndarray:
+        pairs = [(min(x, y), max(x, y)) for x in first for y in second]
+        missing = sorted({pair for pair in pairs if pair not in self.known})
+        if missing:
+            rows = np.array([(i, j, float(self.vectors[i] @ self.vectors[j])) for i, j in missing])
+            self.add(rows)
+        return np.array([self.known[pair] for pair in pairs], np.float32)
+
+
+def average_linkage(
+    count: int, links: np.ndarray, scorer: CopyScorer, min_copy_score: float
+) -> list[dict]:
+    """Groups grown from the strongest link down: two groups join only when the average copy
+    probability over all pairs between them reaches `min_copy_score`, so one stray link cannot
+    merge two sets of copies of look-alike images (single linkage would)."""
+    members = {item: [item] for item in range(count)}
+    group_of, weakest = list(range(count)), {}
+    for i, j, score in sorted(links, key=lambda link: -link[2]):
+        first, second = group_of[int(i)], group_of[int(j)]
+        if score < min_copy_score or first == second:
+            continue
+        average = float(scorer.between(members[first], members[second]).mean())
+        if average < min_copy_score:
+            continue
+        for item in members[second]:
+            group_of[item] = first
+        members[first] += members.pop(second)
+        weakest[first] = min(average, weakest.get(first, 1.0), weakest.pop(second, 1.0))
+    groups = [(sorted(m), weakest[root]) for root, m in members.items() if len(m) >= 2]
+    return [{"members": m, "score": score} for m, score in sorted(groups)]
 
 
 def find_duplicates(
@@ -225,23 +378,14 @@ def find_duplicates(
     thresholds: DuplicateThresholds = CALIBRATED,
     excluded: set[frozenset[int]] | None = None,
 ) -> list[dict]:
-    """Groups of copies: {"members": sorted positions, "score": weakest verified pair inside}."""
+    """Groups of copies: {"members": sorted positions, "score": the weakest join inside}."""
     if len(vectors) != len(signatures):
         raise BadInput(f"{len(vectors)} vectors but {len(signatures)} signatures")
-    candidates = candidate_pairs(vectors, thresholds.min_cosine)
-    scores = verify_pairs(candidates, signatures)
-    kept = [
-        (int(i), int(j), float(score))
-        for (i, j, _), score in zip(candidates, scores, strict=True)
-        if score >= thresholds.min_copy_score
-        and frozenset((int(i), int(j))) not in (excluded or ())
-    ]
-    groups = group_pairs([(i, j) for i, j, _ in kept], len(vectors))
-    group_of = {member: index for index, group in enumerate(groups) for member in group}
-    weakest = [1.0] * len(groups)
-    for i, _, score in kept:
-        weakest[group_of[i]] = min(weakest[group_of[i]], score)
-    return [{"members": g, "score": s} for g, s in zip(groups, weakest, strict=True)]
+    candidates = candidate_pairs(vectors, thresholds.min_cosine, k=NEIGHBOURS)
+    scorer = CopyScorer(vectors, signatures, excluded=excluded)
+    scores = scorer.add(candidates)
+    links = np.concatenate([candidates[:, :2], scores[:, None]], axis=1)
+    return average_linkage(len(vectors), links, scorer, thresholds.min_copy_score)
 
 
 # -- a collection's duplicates -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Inference stage of the pipeline: image files -> normalised embeddings (+ thumbnails).
+"""Inference stage of the pipeline: image files -> normalised embeddings (+ thumbnails), and each
+image feature's norm before normalisation (raw features = vector * norm, for models trained on them).
 
 Decoding and preprocessing run in DataLoader workers so they overlap with the model forward.
 JPEGs are decoded at a reduced DCT scale (PIL draft mode) just large enough for the model input
@@ -31,10 +32,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 @dataclass
 class EmbeddedBatchResult:
-    vectors: np.ndarray  # (n_ok, d) in the order of `ok`
+    vectors: np.ndarray  # (n_ok, d) in the order of `ok`, normalised unless asked otherwise
     ok: list[int]  # positions (in the input list) that were embedded
     thumbs: dict[int, bytes]  # position -> JPEG bytes
     failed: list[tuple[int, str]]  # position -> reason
+    norms: np.ndarray  # (n_ok,) each image feature's L2 norm before normalisation
 
 
 def open_reduced(
@@ -124,8 +126,12 @@ def embed_files(
     progress: bool = True,
     reduced_decode: bool = True,
     thumbnails: bool = True,
+    normalise: bool = True,
 ) -> EmbeddedBatchResult:
-    """Embed every readable image; unreadable ones are reported in `failed`, never fatal."""
+    """Embed every readable image; unreadable ones are reported in `failed`, never fatal.
+
+    `vectors` are unit length, or with `normalise=False` the image encoder's raw output; `norms`
+    are recorded either way."""
     batch_size = batch_size or settings.batch_size
     num_workers = settings.num_workers if num_workers is None else num_workers
     num_workers = min(num_workers, os.cpu_count() or 1, max(0, len(paths) // batch_size))
@@ -144,14 +150,17 @@ def embed_files(
         pin_memory=backbone.device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
     )
-    vectors, ok, thumbs, failed = [], [], {}, []
+    vectors, norms, ok, thumbs, failed = [], [], [], {}, []
     bar = tqdm(
         total=len(paths), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
     )
     for positions, pixels, thumb_bytes, bad in loader:
         failed.extend(bad)
         if pixels is not None:
-            vectors.append(backbone.encode_image_tensors(pixels).cpu().numpy())
+            raw = backbone.encode_image_tensors(pixels, normalise=False)
+            norms.append(torch.linalg.vector_norm(raw, dim=-1).cpu().numpy())
+            features = torch.nn.functional.normalize(raw, dim=-1) if normalise else raw
+            vectors.append(features.cpu().numpy())
             ok.extend(positions)
             thumbs.update(zip(positions, thumb_bytes, strict=True))
         bar.update(len(positions) + len(bad))
@@ -160,4 +169,5 @@ def embed_files(
     matrix = (
         np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
     )
-    return EmbeddedBatchResult(matrix, ok, thumbs, failed)
+    lengths = np.concatenate(norms).astype(np.float32) if norms else np.zeros(0, np.float32)
+    return EmbeddedBatchResult(matrix, ok, thumbs, failed, lengths)

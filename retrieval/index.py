@@ -3,8 +3,13 @@
 Layout (every write makes a new version and then flips CURRENT with an atomic rename, so a crash
 mid-write leaves the previous version loadable):
     index_dir/CURRENT                  name of the live version
-    index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, map.npy, [index.faiss]
+    index_dir/versions/<v>/manifest.json, vectors.npy, items.jsonl, map.npy, [index.faiss],
+                           norms.npy (each image feature's norm before normalisation; absent in
+                           indexes built before it was recorded)
     index_dir/thumbs/<id>-<hash>.jpg   shared by versions, written before the flip
+
+The vectors are unit length. A composed model trained on raw CLIP features (the papers' converted
+weights) gets an item's raw feature as vector * norm.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
@@ -40,8 +46,31 @@ from retrieval.layout import compute_layout
 from retrieval.runtime import MIN_AGREEMENT, combined_agreement
 
 FORMAT_VERSION = 1
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")  # what a version stores
+INDEX_CHOICES = ("auto", *INDEX_TYPES)  # what a build may ask for
 KEEP_VERSIONS = 2
+
+# `auto` keeps exact search up to this many items. A flat query costs ~N*512 multiply-adds: at
+# 200k x 512 one BLAS product takes ~100 ms (BENCHMARKS.md, "Flat vs HNSW vs IVF-PQ"), well
+# under the ~500 ms text-encoder forward ("Text query latency"), and it is exact. Above it HNSW.
+FLAT_MAX_ITEMS = 200_000
+# HNSW graph quality: M=16/efConstruction=40 gave recall@10 0.45-0.78 at 100k x 512-d; M=32 /
+# efConstruction=200 gave 0.977 at efSearch=64 (issue #17).
+HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 64}
+# IVF-PQ's 8-bit codes blur the ranking: the top `rerank` candidates are re-scored exactly on
+# vectors.npy (0.45-0.6 recall@10 without, 0.91-0.93 with the top 100; issue #17).
+IVF_DEFAULTS = {"nprobe": 16, "rerank": 100}
+MAX_SEARCH_EFFORT = 4096  # per-query ef_search / nprobe: beyond this flat search is cheaper
+RECALL_QUERIES, RECALL_K = 200, 10
+
+
+def choose_index_type(requested: str, count: int, flat_max_items: int = FLAT_MAX_ITEMS) -> str:
+    """The stored type for a request: `auto` is exact (flat) up to `flat_max_items`, else HNSW."""
+    if requested not in INDEX_CHOICES:
+        raise BadInput(f"unknown index type {requested!r}; choose one of {INDEX_CHOICES}")
+    if requested != "auto":
+        return requested
+    return "flat" if count <= flat_max_items else "hnsw"
 
 
 def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Index | None:
@@ -50,8 +79,9 @@ def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Ind
     if index_type == "flat":
         return None
     if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params.get("m", 32), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params.get("ef_construction", 80)
+        params = {**HNSW_DEFAULTS, **params}
+        index = faiss.IndexHNSWFlat(dim, params["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
         index.add(vectors)
         return index
     if index_type == "ivfpq":
@@ -70,6 +100,26 @@ def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Ind
         index.add(vectors)
         return index
     raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
+
+
+@dataclass(frozen=True)
+class SearchEffort:
+    """Per-query ANN effort: HNSW's efSearch, IVF's nprobe; None keeps the index's own."""
+
+    ef_search: int | None = None
+    nprobe: int | None = None
+
+    def __post_init__(self):
+        for name in ("ef_search", "nprobe"):
+            value = getattr(self, name)
+            valid = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (valid and 1 <= value <= MAX_SEARCH_EFFORT):
+                raise BadInput(
+                    f"{name} must be a whole number between 1 and {MAX_SEARCH_EFFORT}, got {value!r}"
+                )
+
+    def given(self) -> dict[str, int]:
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
 SMALL_QUERY_BATCH = 16
@@ -94,11 +144,40 @@ def _pq_subquantizers(dim: int) -> int:
     return next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 2)
 
 
-def _set_search_params(index: faiss.Index, params: dict) -> None:
+def search_settings(index_type: str, params: dict) -> dict:
+    """How an index searches by default (recorded with its measured recall)."""
+    if index_type == "hnsw":
+        return {"ef_search": params.get("ef_search", HNSW_DEFAULTS["ef_search"])}
+    if index_type == "ivfpq":
+        return {name: params.get(name, value) for name, value in IVF_DEFAULTS.items()}
+    return {}
+
+
+def _set_search_params(index: faiss.Index, settings: dict) -> None:
     if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = params.get("ef_search", 64)
+        index.hnsw.efSearch = settings["ef_search"]
     elif isinstance(index, faiss.IndexIVF):
-        index.nprobe = params.get("nprobe", 16)
+        index.nprobe = settings["nprobe"]
+
+
+def rerank_exact(queries: np.ndarray, vectors: np.ndarray, candidates: np.ndarray, k: int):
+    """The best k of each query's ANN candidates by exact inner product on the stored vectors;
+    missing candidates (-1) stay last."""
+    found = candidates >= 0
+    picked = np.asarray(vectors[np.where(found, candidates, 0).ravel()], np.float32)
+    scores = np.einsum("qcd,qd->qc", picked.reshape(*candidates.shape, -1), queries)
+    scores = np.where(found, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+
+
+def _faiss_params(index: faiss.Index, effort: SearchEffort):
+    """FAISS per-call parameters (the shared index is never mutated: requests run in threads)."""
+    if isinstance(index, faiss.IndexHNSW) and effort.ef_search is not None:
+        return faiss.SearchParametersHNSW(efSearch=effort.ef_search)
+    if isinstance(index, faiss.IndexIVF) and effort.nprobe is not None:
+        return faiss.SearchParametersIVF(nprobe=effort.nprobe)
+    return None
 
 
 @contextmanager
@@ -130,6 +209,7 @@ class Index:
     ann: faiss.Index | None = None
     layout: np.ndarray | None = None  # the collection map, (n, 2) in [0, 1]; None in old versions
     version: str = ""  # the version directory's name: caches derived from it live there
+    norms: np.ndarray | None = None  # (n,) image features' norms before normalisation; None: old
 
     def __post_init__(self):
         self._positions = {item["id"]: position for position, item in enumerate(self.items)}
@@ -143,6 +223,26 @@ class Index:
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
+
+    @staticmethod
+    def settings_of(manifest: dict) -> dict:
+        return search_settings(manifest.get("index_type", "flat"), manifest.get("index_params", {}))
+
+    def effort_notes(self, effort: SearchEffort, filtered: bool = False) -> list[str]:
+        """Why a given ef_search / nprobe did not apply to this search."""
+        index_type = self.manifest.get("index_type", "flat")
+        tunes = {"ef_search": "hnsw", "nprobe": "ivfpq"}
+        notes = []
+        for name in effort.given():
+            if filtered and self.ann is not None:
+                notes.append(f"{name} was ignored: filtered searches are exact")
+            elif tunes[name] != index_type:
+                exact = " (exact search)" if index_type == "flat" else ""
+                notes.append(
+                    f"{name} was ignored: it tunes {tunes[name]} indexes and this collection's "
+                    f"index is {index_type}{exact}"
+                )
+        return notes
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -172,9 +272,14 @@ class Index:
         ann = None
         if (version_dir / "index.faiss").is_file():
             ann = faiss.read_index(str(version_dir / "index.faiss"), faiss.IO_FLAG_MMAP)
-            _set_search_params(ann, manifest.get("index_params", {}))
+            _set_search_params(ann, cls.settings_of(manifest))
         layout = np.load(version_dir / "map.npy") if (version_dir / "map.npy").is_file() else None
-        index = cls(directory, manifest, items, vectors, ann, layout, version)
+        norms = (
+            np.load(version_dir / "norms.npy") if (version_dir / "norms.npy").is_file() else None
+        )
+        if norms is not None and len(norms) != len(items):  # not ours: as if never recorded
+            norms = None
+        index = cls(directory, manifest, items, vectors, ann, layout, version, norms)
         if backbone is not None:
             index.check_backbone(backbone)
         return index
@@ -224,6 +329,39 @@ class Index:
     def item(self, item_id: str) -> dict:
         return self.items[self.position(item_id)]
 
+    def raw_vector(
+        self, item_id: str, needed_by: str = "a model trained on raw CLIP features"
+    ) -> np.ndarray:
+        """The item's image feature before normalisation (vector * norm), for `needed_by`.
+
+        Indexes built before the norms were recorded cannot give it: rebuilding is the fix."""
+        if self.norms is None:
+            raise IndexMismatch(
+                f"{needed_by} takes un-normalised CLIP image features, and the index at "
+                f"{self.directory} has no image-feature norms (norms.npy: indexes built before "
+                f"they were recorded, and `update` of such an index, have none); rebuild it with "
+                f"`{self.rebuild_command()}`, or give the reference as an image"
+            )
+        position = self.position(item_id)
+        return np.asarray(self.vectors[position], np.float32) * np.float32(self.norms[position])
+
+    def rebuild_command(self) -> str:
+        """The `index` command that builds this collection again, with the norms."""
+        parts = ["python", "-m", "retrieval", "index", str(self.source_root())]
+        parts += ["--out", str(self.directory), "--model", self.model_spec()]
+        if self.manifest.get("preprocessing", "standard") != "standard":
+            parts += ["--preprocessing", self.manifest["preprocessing"]]
+        if "index_choice" not in self.manifest:  # built before `auto`, or with a fixed type
+            parts += ["--index-type", self.manifest.get("index_type", "flat")]
+        if self.manifest.get("index_params"):
+            parts += ["--index-params", json.dumps(self.manifest["index_params"])]
+        runtimes = list(self.runtimes())
+        if len(runtimes) == 1 and runtimes[0] != "torch":
+            parts += ["--runtime", runtimes[0]]
+        if self.metadata_file() is not None:
+            parts += ["--metadata", str(self.metadata_file())]
+        return shlex.join(parts)
+
     def model_spec(self) -> str:
         """The recorded model spec, with a relative model folder resolved against the index."""
         return resolved_spec(self.manifest["model_spec"], self.directory)
@@ -254,8 +392,17 @@ class Index:
         return path
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
-        """Top-k (scores, positions) by inner product; `allowed` restricts to those positions (exact)."""
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        effort: SearchEffort = SearchEffort(),
+    ):
+        """Top-k (scores, positions) by inner product; `allowed` restricts to those positions (exact).
+
+        `effort` overrides the ANN's ef_search / nprobe for this call; IVF-PQ candidates are
+        re-ranked exactly on the stored vectors (`rerank` of them, 0: off)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if allowed is not None:
             allowed = np.asarray(allowed, dtype=np.int64)
@@ -273,7 +420,11 @@ class Index:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.ann is None:
             return exact_search(queries, self.vectors, k)
-        scores, positions = self.ann.search(queries, k)
+        rerank = self.settings_of(self.manifest).get("rerank", 0)
+        params = _faiss_params(self.ann, effort)
+        scores, positions = self.ann.search(queries, min(max(k, rerank), len(self)), params=params)
+        if rerank:
+            return rerank_exact(queries, self.vectors, positions, k)
         return scores, positions
 
     # -- writing -----------------------------------------------------------------------------
@@ -283,12 +434,15 @@ class Index:
         for item_id, fields in updates.items():
             items[self.position(item_id)].update(fields)
         vectors = np.asarray(self.vectors)
-        return write_version(self.directory, self.manifest, items, vectors, self.layout)
+        return write_version(
+            self.directory, self.manifest, items, vectors, self.layout, norms=self.norms
+        )
 
     def redraw_map(self, method: str) -> Index:
         """A new version whose collection map is drawn with `method` (same items and vectors)."""
         manifest = {**self.manifest, "map": {"requested": method}}
-        return write_version(self.directory, manifest, self.items, np.asarray(self.vectors))
+        vectors = np.asarray(self.vectors)
+        return write_version(self.directory, manifest, self.items, vectors, norms=self.norms)
 
 
 def write_version(
@@ -297,11 +451,13 @@ def write_version(
     items: list[dict],
     vectors: np.ndarray,
     layout: np.ndarray | None = None,
+    norms: np.ndarray | None = None,
 ) -> Index:
     """Write a complete new version next to the live one, then flip CURRENT atomically.
 
     Without a `layout` (new vectors), the collection map is drawn with the method the manifest
-    asks for (`map.requested`)."""
+    asks for (`map.requested`). `norms` (the image features' norms before normalisation, one per
+    item) are written when known."""
     directory = Path(directory)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     manifest = {
@@ -313,17 +469,27 @@ def write_version(
         requested = manifest.get("map", {}).get("requested", "auto")
         layout, drawn = compute_layout(vectors, requested)
         manifest["map"] = {"requested": requested, **drawn}
+    choice = manifest.get("index_choice")
+    if choice:  # `auto`: the type follows the collection's size, also across updates
+        manifest["index_type"] = choose_index_type("auto", len(items), choice["flat_max_items"])
     ann = (
         build_faiss(vectors, manifest["index_type"], manifest.get("index_params", {}))
         if len(items)
         else None
     )
+    if ann is not None:
+        _set_search_params(ann, Index.settings_of(manifest))
+    manifest["recall"] = measure_recall(Index(directory, manifest, items, vectors, ann))
     with _write_lock(directory):
         name = f"v{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         staging = directory / "versions" / f".{name}.tmp"
         staging.mkdir(parents=True)
         np.save(staging / "vectors.npy", vectors)
         np.save(staging / "map.npy", np.asarray(layout, dtype=np.float32))
+        if norms is not None:
+            if len(norms) != len(items):
+                raise ValueError(f"{len(norms)} norms for {len(items)} items")
+            np.save(staging / "norms.npy", np.asarray(norms, dtype=np.float32))
         if ann is not None:
             faiss.write_index(ann, str(staging / "index.faiss"))
         lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
@@ -336,6 +502,29 @@ def write_version(
         write_atomic(directory / "CURRENT", name.encode())
         _prune_versions(directory, keep=name)
     return Index.load(directory)
+
+
+def measure_recall(index: Index, queries: int = RECALL_QUERIES, k: int = RECALL_K) -> dict:
+    """recall@k of the index's own search for a sample of its items (each query's own item left
+    out) against exact search on the vectors, with the search settings used. Flat is exact."""
+    settings = Index.settings_of(index.manifest)
+    k = min(k, len(index) - 1)
+    if index.ann is None or k < 1:
+        return {"k": k, "value": 1.0, "queries": 0, "search": settings, "exact": True}
+    sample = np.random.default_rng(0).permutation(len(index))[:queries]
+    vectors = np.ascontiguousarray(index.vectors[sample], np.float32)
+    _, truth = exact_search(vectors, index.vectors, k + 1)
+    _, found = index.search(vectors, k + 1)
+    hits = [
+        len(_others(t, own, k) & _others(f, own, k))
+        for t, f, own in zip(truth, found, sample, strict=True)
+    ]
+    value = round(float(np.mean(hits)) / k, 4)
+    return {"k": k, "value": value, "queries": len(sample), "search": settings, "exact": False}
+
+
+def _others(positions: np.ndarray, own: int, k: int) -> set[int]:
+    return set([int(p) for p in positions if p != own][:k])
 
 
 def _prune_versions(directory: Path, keep: str) -> None:
@@ -360,7 +549,7 @@ def _thumb_name(item_id: str, fingerprint: str) -> str:
 def _embed_items(
     items: list[Item], directory: Path, backbone: Backbone, progress: bool, settings: Settings
 ):
-    """Embed items and write their thumbnails; returns (metadata rows, vectors, skipped)."""
+    """Embed items and write their thumbnails; returns (metadata rows, vectors, norms, skipped)."""
     result = embed_files(backbone, [item.path for item in items], settings, progress=progress)
     thumbs = directory / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
@@ -372,7 +561,7 @@ def _embed_items(
         write_atomic(thumbs / row["thumb"], result.thumbs[position])
         rows.append(row)
     skipped = [(items[position].meta["file"], reason) for position, reason in result.failed]
-    return rows, result.vectors, skipped
+    return rows, result.vectors, result.norms, skipped
 
 
 @dataclass
@@ -407,22 +596,24 @@ def build_index(
     folder: str | Path,
     out_dir: str | Path,
     backbone: Backbone,
-    index_type: str = "flat",
+    index_type: str = "auto",
     metadata: str | Path | None = None,
     index_params: dict | None = None,
     progress: bool = True,
     settings: Settings = DEFAULTS,
+    flat_max_items: int = FLAT_MAX_ITEMS,
 ) -> BuildReport:
-    """Embed a whole folder into a fresh index (replacing any index already at `out_dir`)."""
-    if index_type not in INDEX_TYPES:
-        raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
+    """Embed a whole folder into a fresh index (replacing any index already at `out_dir`).
+
+    `auto` keeps flat up to `flat_max_items` items and switches to HNSW above (see FLAT_MAX_ITEMS)."""
+    choose_index_type(index_type, 0)  # refuse an unknown type before embedding anything
     folder, out_dir = Path(folder), Path(out_dir)
     items, skipped = scan_folder(folder, metadata)
     if not items:
         raise BadInput(
             f"no images found in {folder.name!r} ({_some(skipped) or 'an empty folder'})"
         )
-    rows, vectors, failed = _embed_items(items, out_dir, backbone, progress, settings)
+    rows, vectors, norms, failed = _embed_items(items, out_dir, backbone, progress, settings)
     if not rows:
         raise BadInput(f"none of the {len(items)} images could be read: {_some(failed)}")
     manifest = {
@@ -434,14 +625,15 @@ def build_index(
         "preprocessing": backbone.preprocessing,
         "runtimes": {backbone.runtime: backbone.runtime_agreement},
         "normalized": True,
-        "index_type": index_type,
+        "index_type": choose_index_type(index_type, len(rows), flat_max_items),
+        **_auto_choice(index_type, flat_max_items),
         "index_params": index_params or {},
         "map": {"requested": settings.map_method},
         "source_root": relative_path(folder, out_dir),
         "metadata_file": relative_path(Path(metadata), out_dir) if metadata else None,
         "skipped": _skip_records(skipped + failed),
     }
-    index = write_version(out_dir, manifest, rows, vectors)
+    index = write_version(out_dir, manifest, rows, vectors, norms=norms)
     return BuildReport(index, added=len(rows), skipped=skipped + failed)
 
 
@@ -453,14 +645,17 @@ def update_index(
     progress: bool = True,
     settings: Settings = DEFAULTS,
 ) -> BuildReport:
-    """Embed only new or changed files, drop deleted ones, refresh metadata of the rest."""
+    """Embed only new or changed files, drop deleted ones, refresh metadata of the rest.
+
+    The image-feature norms carry over with the kept vectors; an index built before they were
+    recorded stays without them (only a full `build_index` embeds everything again)."""
     index = Index.load(out_dir, backbone)
     folder = Path(folder) if folder else index.source_root()
     metadata = metadata or index.metadata_file()
     known_ids = {row["file"]: row["id"] for row in index.items if "file" in row}
     items, skipped = scan_folder(folder, metadata, known_ids)
     old = {row["id"]: position for position, row in enumerate(index.items)}
-    keep_rows, keep_vectors, todo = [], [], []
+    keep_rows, keep_vectors, keep_norms, todo = [], [], [], []
     for item in items:
         position = old.get(item.id)
         if position is not None and index.items[position].get("fingerprint") == _file_fingerprint(
@@ -476,10 +671,13 @@ def update_index(
                 }
             )
             keep_vectors.append(np.asarray(index.vectors[position]))
+            keep_norms.append(None if index.norms is None else float(index.norms[position]))
         else:
             todo.append(item)
-    new_rows, new_vectors, failed = (
-        _embed_items(todo, Path(out_dir), backbone, progress, settings) if todo else ([], None, [])
+    new_rows, new_vectors, new_norms, failed = (
+        _embed_items(todo, Path(out_dir), backbone, progress, settings)
+        if todo
+        else ([], None, np.zeros(0, np.float32), [])
     )
     rows = keep_rows + new_rows
     if not rows:
@@ -492,7 +690,12 @@ def update_index(
         "source_root": relative_path(folder, Path(out_dir)),
         "skipped": _skip_records(skipped + failed),
     }
-    new_index = write_version(Path(out_dir), manifest, rows, np.concatenate(parts))
+    norms = (
+        None
+        if None in keep_norms
+        else np.concatenate([np.asarray(keep_norms, np.float32), new_norms])
+    )
+    new_index = write_version(Path(out_dir), manifest, rows, np.concatenate(parts), norms=norms)
     final, embedded = {row["id"] for row in rows}, {row["id"] for row in new_rows}
     return BuildReport(  # counted on what the new version holds: added + changed + unchanged = len
         new_index,
@@ -502,6 +705,13 @@ def update_index(
         unchanged=len(keep_rows),
         skipped=skipped + failed,
     )
+
+
+def _auto_choice(index_type: str, flat_max_items: int) -> dict:
+    """What `write_version` needs to choose the type again when an update changes the size."""
+    if index_type != "auto":
+        return {}
+    return {"index_choice": {"requested": "auto", "flat_max_items": flat_max_items}}
 
 
 def _skip_records(skipped: list[tuple[str, str]]) -> list[dict]:

@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 from retrieval.errors import BadInput, ModelUnavailable
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
-EXPORT_FORMAT = 2  # part of the export folder's name: bump it to export every model again
+EXPORT_FORMAT = 3  # part of the export folder's name: bump it to export every model again
+# (3: the towers output features before normalisation, so raw features come from ONNX too)
 OPSET = 18
 # An index and queries from different runtimes may meet when their embeddings of the probe set
 # agree to this cosine. Measured int8 agreements are 0.999+ (BENCHMARKS.md, "Runtimes"), where
@@ -81,7 +82,8 @@ def probe_images(size: int) -> list[Image.Image]:
 
 
 class _Tower(torch.nn.Module):
-    """One tower of the model with the normalisation the index expects, as one exportable graph."""
+    """One tower of the model as one exportable graph; it outputs the features before
+    normalisation (`OnnxTowers` normalises them unless asked for the raw ones)."""
 
     def __init__(self, model: torch.nn.Module, tower: str):
         super().__init__()
@@ -89,7 +91,7 @@ class _Tower(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         encode = self.model.encode_image if self.tower == "image" else self.model.encode_text
-        return torch.nn.functional.normalize(encode(inputs), dim=-1)
+        return encode(inputs)
 
 
 def _export_tower(tower: _Tower, example: torch.Tensor, path: Path, input_name: str) -> None:
@@ -139,7 +141,9 @@ def export(model: torch.nn.Module, transform, tokenizer, image_size: int, folder
     ):
         _quantize(folder / fp32, folder / int8, reduce_range)
     with torch.inference_mode():
-        reference = (towers[0](pixels), towers[1](tokens))
+        reference = tuple(
+            _normalised(tower(x)) for tower, x in zip(towers, (pixels, tokens), strict=True)
+        )
     agreement = {
         runtime: OnnxTowers(folder, runtime, threads=1).agreement_with(reference, pixels, tokens)
         for runtime in ("onnx", "onnx-int8")
@@ -193,7 +197,8 @@ def load_towers(
 
 
 class OnnxTowers:
-    """The image and text towers as ONNX Runtime sessions; outputs are normalised embeddings."""
+    """The image and text towers as ONNX Runtime sessions; outputs are normalised embeddings, or
+    the features before normalisation with `normalise=False`."""
 
     def __init__(self, folder: str | Path, runtime: str, threads: int | None = None):
         import onnxruntime
@@ -217,18 +222,24 @@ class OnnxTowers:
             for name in (image_file, text_file)
         )
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, pixels: torch.Tensor, normalise: bool = True) -> torch.Tensor:
         inputs = {"pixels": pixels.detach().cpu().float().numpy()}
-        return torch.from_numpy(self._image.run(None, inputs)[0])
+        features = torch.from_numpy(self._image.run(None, inputs)[0])
+        return _normalised(features) if normalise else features
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor, normalise: bool = True) -> torch.Tensor:
         inputs = {"tokens": tokens.detach().cpu().long().numpy()}
-        return torch.from_numpy(self._text.run(None, inputs)[0])
+        features = torch.from_numpy(self._text.run(None, inputs)[0])
+        return _normalised(features) if normalise else features
 
     def agreement_with(self, reference, pixels: torch.Tensor, tokens: torch.Tensor) -> float:
         images, texts = self.encode_image(pixels), self.encode_text(tokens)
         cosines = torch.cat([(images * reference[0]).sum(1), (texts * reference[1]).sum(1)])
         return round(float(cosines.min()), 6)
+
+
+def _normalised(features: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
 def combined_agreement(first: float, second: float) -> float:

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from retrieval.backbone import Backbone
-from retrieval.composed.baselines import Composer, sum_composer
+from retrieval.composed.baselines import RAW, Composer, input_features, sum_composer
 from retrieval.config import DEFAULTS
 from retrieval.errors import BadInput
 from retrieval.images import ImageSource
-from retrieval.index import Index
+from retrieval.index import Index, SearchEffort
 from retrieval.layout import PLACE_NEIGHBOURS, place_query, score_profile
 
 _YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
@@ -136,20 +136,27 @@ class Searcher:
     def item_vector(self, item_id: str) -> np.ndarray:
         return np.array(self.index.vectors[self.index.position(item_id)], dtype=np.float32)
 
-    def _reference(self, reference) -> tuple[np.ndarray, set[int]]:
+    def _reference(self, reference, raw_for: str = "") -> tuple[np.ndarray, set[int]]:
         """A string is an item id (looked up, excluded from results); anything else is an image.
 
-        Image files must come as `Path`: user-supplied strings never open server files.
+        Image files must come as `Path`: user-supplied strings never open server files. With
+        `raw_for` (the method that needs it) the feature is the encoder's output before
+        normalisation: an item's comes from its stored vector and norm.
         """
         if isinstance(reference, str):
-            return self.item_vector(reference), {self.index.position(reference)}
+            position = self.index.position(reference)
+            if raw_for:
+                return self.index.raw_vector(reference, raw_for), {position}
+            return self.item_vector(reference), {position}
+        if raw_for:
+            return self.backbone.encode_images([reference], normalise=False)[0], set()
         return self.image_vector(reference), set()
 
     # -- queries -----------------------------------------------------------------------------
     def text(self, query: str, **options) -> SearchResult:
         vector, notes = self.text_vector(query)
         result = self.by_vector(vector, **options)
-        result.query, result.notes = {"type": "text", "text": query.strip()}, notes
+        result.query, result.notes = {"type": "text", "text": query.strip()}, notes + result.notes
         return result
 
     def image(self, source: ImageSource, **options) -> SearchResult:
@@ -172,7 +179,12 @@ class Searcher:
                 f"composed method {method!r} is not available here; choose one of {sorted(self.composers)}"
             )
         notes = self.text_notes(text)  # the composer encodes the text itself
-        reference_vector, exclude = self._reference(reference)
+        raw_for = (
+            f"the composed method {method!r} (trained on raw CLIP features)"
+            if input_features(composer) == RAW
+            else ""
+        )
+        reference_vector, exclude = self._reference(reference, raw_for)
         image_features = torch.from_numpy(reference_vector[None]).to(self.backbone.device)
         with torch.inference_mode():  # composers are functional: no lock, no hooks
             query = composer(self.backbone, image_features, [text.strip()])
@@ -182,7 +194,7 @@ class Searcher:
         vector, exclude, notes = self.composed_vector(reference, text, method)
         result = self.by_vector(vector, exclude=exclude | options.pop("exclude", set()), **options)
         result.query = {"type": "composed", "text": text.strip(), "method": method}
-        result.notes = notes
+        result.notes = notes + result.notes
         return result
 
     def part_ranks(self, reference, text: str, ids: list[str]) -> list[dict]:
@@ -236,9 +248,14 @@ class Searcher:
         min_score: float | None = None,
         filters: Filters | None = None,
         exclude: set[int] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
     ) -> SearchResult:
-        """Rank all items; `offset`/`k` page through the ranking, after filtering and exclusion."""
+        """Rank all items; `offset`/`k` page through the ranking, after filtering and exclusion.
+
+        `ef_search` (HNSW) / `nprobe` (IVF-PQ) trade speed for recall on this query only."""
         k, offset = _check_paging(k, offset, self.max_k)
+        effort = SearchEffort(ef_search, nprobe)
         exclude = exclude or set()
         allowed = None
         if filters is not None and not filters.is_empty():
@@ -247,7 +264,8 @@ class Searcher:
                 dtype=np.int64,
             )
         wanted = offset + k + len(exclude)
-        scores, positions = self.index.search(np.asarray(vector, np.float32), wanted, allowed)
+        query = np.asarray(vector, np.float32)
+        scores, positions = self.index.search(query, wanted, allowed, effort)
         hits = []
         for score, position in zip(scores[0], positions[0], strict=True):
             if position < 0 or int(position) in exclude:
@@ -261,7 +279,8 @@ class Searcher:
                 Hit(self.index.items[p]["id"], s, offset + rank + 1, self.index.items[p])
                 for rank, (s, p) in enumerate(page)
             ],
-            vector=np.asarray(vector, np.float32),
+            vector=query,
+            notes=self.index.effort_notes(effort, filtered=allowed is not None),
         )
 
     def item(self, item_id: str) -> dict:

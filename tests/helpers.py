@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import csv
 import io
+import json
 import shutil
 import struct
 import tempfile
@@ -170,3 +171,25 @@ def copies_of(image: Image.Image) -> dict[str, Image.Image]:
         "cropped": centre_crop(image, 0.85),
         "recoloured": recoloured(image),
     }
+
+
+SEARLE_LICENCE = "CC BY-NC 4.0"
+
+
+def licensed_collections(folder: Path) -> Path:
+    """A collections.json serving the shipped Shapes collection as "licensed", its phi recorded
+    as converted weights under SEARLE's licence (what `convert searle` writes)."""
+    root = Path(__file__).resolve().parents[1]
+    phi = folder / "phi"
+    shutil.copytree(root / "precomputed/shapes-phi", phi)
+    config = json.loads((phi / "phi_config.json").read_text())
+    (phi / "phi_config.json").write_text(json.dumps({**config, "licence": SEARLE_LICENCE}))
+    entry = {
+        "name": "licensed",
+        "title": "Shapes, licensed zero-shot",
+        "index": str(root / "precomputed/shapes/index"),
+        "combiner": str(root / "precomputed/shapes-combiner"),
+        "phi": str(phi),
+    }
+    (folder / "collections.json").write_text(json.dumps({"collections": [entry]}))
+    return folder / "collections.json"

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from retrieval.backbone import load_backbone
 from retrieval.cli.options import add_device, add_preprocessing, device_of
+from retrieval.composed.baselines import RAW, input_features
 from retrieval.data.composed import FASHIONIQ_CATEGORIES, load_splits
 from retrieval.data.features import split_features
 from retrieval.errors import BadInput
 from retrieval.eval.composed import (
     METHODS,
     build_composer,
-    evaluate_split,
+    evaluate_method,
     markdown_results,
     summarise,
 )
@@ -26,28 +27,24 @@ def run_eval(args) -> dict:
     categories = getattr(args, "categories", None) or FASHIONIQ_CATEGORIES
     splits = load_splits(args.benchmark, args.root, args.split, categories)
     cache = False if args.no_cache else (args.cache_dir or args.settings.features_dir)
-    features = [split_features(split, backbone, cache, progress=not args.quiet) for split in splits]
     methods = args.method or ["combiner" if args.combiner else "zero-shot" if args.phi else "sum"]
     out = Path(args.out) if args.out else None
     if not all(split.labelled for split in splits) and out is None:
         raise BadInput(
             f"{splits[0].name} has no ground truth: give --out DIR for the submission files"
         )
+    composers = {m: build_composer(m, args.combiner, args.phi, args.device) for m in methods}
+    # a model trained on raw CLIP features (converted weights) needs them; the others normalise
+    normalise = all(input_features(c) != RAW for c in composers.values())
+    features = [
+        split_features(split, backbone, cache, progress=not args.quiet, normalise=normalise)
+        for split in splits
+    ]
     table, written = {}, []
-    for method in methods:
-        composer = build_composer(method, args.combiner, args.phi, args.device)
-        results = [
-            evaluate_split(
-                split,
-                backbone,
-                composer,
-                feats,
-                args.batch_size,
-                caption_lists=method == "zero-shot",
-                progress=not args.quiet,
-            )
-            for split, feats in zip(splits, features, strict=True)
-        ]
+    for method, composer in composers.items():
+        results = evaluate_method(
+            method, composer, splits, features, backbone, args.batch_size, not args.quiet
+        )
         if all(split.labelled for split in splits):
             table[method] = summarise(args.benchmark, results)
             continue

@@ -21,6 +21,7 @@ from retrieval.cli.composed import (
     run_train_combiner,
     run_train_stage1,
 )
+from retrieval.cli.convert import add_convert_command
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
 from retrieval.cli.options import (
     add_device,
@@ -33,6 +34,7 @@ from retrieval.cli.options import (
 )
 from retrieval.cli.overview import add_duplicates_command, add_map_command
 from retrieval.cli.phi import add_train_phi_arguments, run_train_phi
+from retrieval.cli.publish import add_doctor_command, add_publish_command
 from retrieval.cli.shapes import (
     add_generate_arguments,
     add_render_arguments,
@@ -43,7 +45,7 @@ from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
 from retrieval.config import Settings
 from retrieval.errors import BadInput, RetrievalError
 from retrieval.hub import fetch, push_index
-from retrieval.index import Index, build_index, update_index
+from retrieval.index import FLAT_MAX_ITEMS, INDEX_CHOICES, Index, build_index, update_index
 from retrieval.search import Filters, Searcher
 from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
 
@@ -119,6 +121,7 @@ def _cmd_search(args):
         tags=args.tag or None,
     )
     options = dict(k=args.k, offset=args.offset, min_score=args.min_score, filters=filters)
+    options |= dict(ef_search=args.ef_search, nprobe=args.nprobe)
     if args.image:
         result = searcher.image(Path(args.image), **options)
     elif args.similar:
@@ -200,14 +203,16 @@ def _add_index(sub):
     )
     parser.add_argument(
         "--index-type",
-        default="flat",
-        choices=["flat", "hnsw", "ivfpq"],
-        help="flat = exact inner product (default); hnsw / ivfpq = approximate, for large collections",
+        default="auto",
+        choices=INDEX_CHOICES,
+        help=f"auto (default) = flat up to {FLAT_MAX_ITEMS:,} items, hnsw above; flat = exact; "
+        "hnsw / ivfpq = approximate (ivfpq re-ranks its top candidates exactly)",
     )
     parser.add_argument(
         "--index-params",
         default="{}",
-        help='JSON of FAISS parameters, e.g. \'{"m": 32, "ef_search": 64}\' or \'{"nlist": 1024, "nprobe": 16}\'',
+        help='JSON of FAISS parameters, e.g. \'{"m": 32, "ef_construction": 200, "ef_search": 64}\' '
+        'or \'{"nlist": 1024, "nprobe": 16, "rerank": 100}\'',
     )
     add_device(parser)
     add_runtime(parser)
@@ -248,6 +253,12 @@ def _add_search(sub):
         "--keyword", help="only items whose title or description contains these words"
     )
     parser.add_argument("--tag", action="append", help="only items carrying this tag (repeatable)")
+    parser.add_argument(
+        "--ef-search", type=int, help="HNSW indexes: candidates explored for this query"
+    )
+    parser.add_argument(
+        "--nprobe", type=int, help="IVF-PQ indexes: clusters searched for this query"
+    )
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
     add_device(parser)
     add_runtime(parser)
@@ -256,7 +267,9 @@ def _add_search(sub):
 
 
 def _add_info(sub):
-    parser = sub.add_parser("info", help="print an index's manifest (model, dimension, counts)")
+    parser = sub.add_parser(
+        "info", help="print an index's manifest (model, dimension, counts, measured recall@10)"
+    )
     parser.add_argument("index", help="index directory or hf-hub:org/repo")
     parser.set_defaults(func=_cmd_info)
 
@@ -439,11 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_duplicates_command(sub)
     _add_push(sub)
     _add_pull(sub)
+    add_publish_command(sub)
+    add_doctor_command(sub)
     _add_shapes(sub)
     _add_tag(sub)
     _add_eval(sub)
     _add_finetune(sub)
     _add_training_commands(sub)
+    add_convert_command(sub)
     return parser
 
 

@@ -73,7 +73,7 @@ def add_duplicates_command(sub) -> None:
     parser.add_argument("index", help="index directory")
     parser.add_argument(
         "--min-copy-score", type=float, default=CALIBRATED.min_copy_score,
-        help=f"pixel match needed, 0..1 (default {CALIBRATED.min_copy_score}: calibrated)",
+        help=f"copy probability needed, 0..1 (default {CALIBRATED.min_copy_score}: calibrated)",
     )  # fmt: skip
     parser.add_argument(
         "--min-cosine", type=float, default=CALIBRATED.min_cosine,

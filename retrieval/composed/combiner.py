@@ -1,13 +1,17 @@
 """The CLIP4Cir Combiner for composed image retrieval, and its two-stage training.
 
-The Combiner fuses a reference image feature `i` and a modification text feature `t` (both
-L2-normalised CLIP features of size d) into one query feature:
+The Combiner fuses a reference image feature `i` and a modification text feature `t` (CLIP
+features of size d) into one query feature:
 
     projections   p_t = Dropout(ReLU(Linear(d, 4d)(t))),  p_i = same with its own weights on i
     combined      c = [p_t, p_i]                                           (8d)
     residual      v = Linear(8d, d)(Dropout(ReLU(Linear(8d, 8d)(c))))
     mixing        lambda = Sigmoid(Linear(8d, 1)(Dropout(ReLU(Linear(8d, 8d)(c)))))
     output        normalise(v + lambda * t + (1 - lambda) * i)
+
+Combiners trained here take L2-normalised features; CLIP4Cir trained its released Combiners on the
+encoders' raw outputs. `CombinerConfig.input_features` records which, and the composer encodes the
+text and expects the reference at that scale.
 
 A trained Combiner is a folder: combiner.safetensors + combiner_config.json. Training lives in
 `retrieval.train.composed`; this module only builds, saves, loads and applies the model.
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.artifacts import Layout, check_trained_for, load_artifact, save_artifact
+from retrieval.composed.baselines import NORMALISED, RAW, check_input_features
 from retrieval.errors import BadInput
 
 WEIGHTS_FILE = "combiner.safetensors"
@@ -46,6 +51,13 @@ class CombinerConfig:
         default_factory=list
     )  # text features of a probe sentence
     training: dict = field(default_factory=dict)  # recipe, data, best metrics
+    licence: str | None = None  # of the weights, when they come from elsewhere (e.g. "MIT")
+    source: str | None = None  # where converted weights came from (file, repository)
+    # the scale of the features it was trained on: "normalised" (ours), "raw" (CLIP4Cir's weights)
+    input_features: str = NORMALISED
+
+    def __post_init__(self):
+        check_input_features(self.input_features)
 
 
 class Combiner(nn.Module):
@@ -98,10 +110,15 @@ def load_combiner(spec: str | Path, device: str | torch.device | None = None) ->
 
 
 class CombinerComposer:
-    """Composer "combiner": `composer(backbone, image_features (B,d), texts) -> (B,d)` normalised."""
+    """Composer "combiner": `composer(backbone, image_features (B,d), texts) -> (B,d)` normalised.
+
+    The image features and the text features it encodes are at the scale the Combiner was
+    trained on (`input_features`: normalised, or raw for CLIP4Cir's released weights)."""
 
     def __init__(self, combiner: Combiner):
         self.combiner = combiner.eval()
+        self.input_features = combiner.config.input_features
+        self.licence = combiner.config.licence
         self._checked: set[int] = set()
 
     def check(self, backbone) -> None:
@@ -123,9 +140,9 @@ class CombinerComposer:
         if len(texts) != len(image_features):
             raise BadInput(f"{len(image_features)} reference images but {len(texts)} texts")
         device = next(self.combiner.parameters()).device
-        text_features = backbone.encode_token_ids(backbone.tokenize(list(texts))).to(
-            device, torch.float32
-        )
+        tokens = backbone.tokenize(list(texts))
+        normalise = self.input_features != RAW
+        text_features = backbone.encode_token_ids(tokens, normalise).to(device, torch.float32)
         query = self.combiner(image_features.to(device, torch.float32), text_features)
         return query.to(image_features.device)
 

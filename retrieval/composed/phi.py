@@ -17,6 +17,10 @@ Differences from the paper, on purpose:
   small text encoder (Shapes test R@1: 13.2 for the best one-token query, 15.7 with five tokens);
 - the placeholder id is looked up in the tokenizer in use, never hard-coded.
 
+phi trained here maps L2-normalised image features; SEARLE's released phi maps the image encoder's
+raw output. `PhiConfig.input_features` records which, and the zero-shot composer expects the
+reference at that scale.
+
 This module holds the model side (phi, pseudo-token injection, the zero-shot composer, save and
 load); training phi and OTI live in `retrieval.train.phi`.
 """
@@ -34,6 +38,7 @@ from torch.nn import functional as F
 
 from retrieval.artifacts import Layout, check_trained_for, load_artifact, save_artifact
 from retrieval.backbone import model_fingerprint
+from retrieval.composed.baselines import NORMALISED, check_input_features
 from retrieval.errors import BadInput
 
 PLACEHOLDER = "$"
@@ -88,6 +93,13 @@ class PhiConfig:
     model_spec: str = ""
     model_fingerprint: list = field(default_factory=list)  # catches "same size, other weights"
     training: dict = field(default_factory=dict)
+    licence: str | None = None  # of weights made elsewhere (SEARLE: CC BY-NC 4.0)
+    source: str | None = None  # where converted weights came from (file, repository)
+    # the scale of the image features it maps: "normalised" (ours), "raw" (SEARLE's weights)
+    input_features: str = NORMALISED
+
+    def __post_init__(self):
+        check_input_features(self.input_features)
 
 
 class Phi(nn.Module):
@@ -268,12 +280,16 @@ def caption_orders(captions: Sequence[str]) -> list[str]:
 class ZeroShotComposer:
     """Composer "zero-shot": phi(reference) as a pseudo-word in the prompt, encoded by CLIP's text tower.
 
-    Called as `composer(backbone, image_features (B,d) normalised, texts)`; each text is a string or a
-    sequence of captions, whose orders are averaged (FashionIQ). Returns normalised (B,d) features.
+    Called as `composer(backbone, image_features (B,d), texts)`, the features at the scale phi was
+    trained on (`input_features`: normalised, or raw for SEARLE's released weights); each text is a
+    string or a sequence of captions, whose orders are averaged (FashionIQ). Returns normalised
+    (B,d) features.
     """
 
     def __init__(self, phi: Phi, template: str | None = None, image_weight: float | None = None):
         self.phi = phi.eval()
+        self.input_features = phi.config.input_features
+        self.licence = phi.config.licence
         self.template = template or phi.config.template
         self.placeholder = phi.config.placeholder
         self.image_weight = phi.config.image_weight if image_weight is None else image_weight

@@ -2,6 +2,8 @@
 
 Image features are cached on disk under a key made of the model spec, a hash of its weights and
 the preprocessing; an image is re-embedded only when that key or the file (size, mtime) changes.
+Features are L2-normalised, or raw (the encoder's output, for models trained on it: the papers'
+converted weights), each scale in a cache of its own.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(backbone) -> dict:
-    return {
+def feature_cache_key(backbone, normalise: bool = True) -> dict:
+    key = {
         "model_spec": str(backbone.spec),
         "weights": weights_digest(backbone.model),
         "preprocessing": backbone.preprocessing,
         "image_size": backbone.image_size,
     }
+    return key if normalise else {**key, "features": "raw"}  # normalised caches keep their key
 
 
 def _file_key(path: Path) -> str:
@@ -57,9 +60,11 @@ def embed_image_paths(
     num_workers: int | None = None,
     progress: bool = True,
     settings: Settings = DEFAULTS,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """(n, d) normalised float32 features on CPU, through the serving pipeline (full decode, no
-    thumbnails); any unreadable file is an error here, because metrics would lie."""
+    """(n, d) float32 features on CPU (normalised, or raw with `normalise=False`), through the
+    serving pipeline (full decode, no thumbnails); any unreadable file is an error here, because
+    metrics would lie."""
     result = embed_files(
         backbone,
         list(paths),
@@ -69,6 +74,7 @@ def embed_image_paths(
         progress=progress,
         reduced_decode=False,
         thumbnails=False,
+        normalise=normalise,
     )
     if result.failed:
         examples = "; ".join(f"{paths[p]}: {reason}" for p, reason in result.failed[:3])
@@ -77,11 +83,12 @@ def embed_image_paths(
 
 
 class FeatureCache:
-    """Image features of one (model, weights, preprocessing) on disk, grown as new images are asked for."""
+    """Image features of one (model, weights, preprocessing, scale) on disk, grown as new images
+    are asked for."""
 
-    def __init__(self, backbone, cache_dir: str | Path | None = None):
-        self.backbone = backbone
-        self.key = feature_cache_key(backbone)
+    def __init__(self, backbone, cache_dir: str | Path | None = None, normalise: bool = True):
+        self.backbone, self.normalise = backbone, normalise
+        self.key = feature_cache_key(backbone, normalise)
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
         root = Path(cache_dir) if cache_dir else DEFAULTS.features_dir
         self.directory = root / digest
@@ -119,7 +126,11 @@ class FeatureCache:
         if missing:
             by_key = dict(zip(wanted, paths, strict=True))
             fresh = embed_image_paths(
-                self.backbone, [by_key[key] for key in missing], batch_size, progress=progress
+                self.backbone,
+                [by_key[key] for key in missing],
+                batch_size,
+                progress=progress,
+                normalise=self.normalise,
             )
             for key in missing:
                 position[key] = len(keys)
@@ -135,20 +146,30 @@ def image_features(
     cache: bool | str | Path = True,
     progress: bool = True,
     batch_size: int = 0,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """Features of image files, through the on-disk cache unless `cache` is False (training models)."""
+    """Features of image files, through the on-disk cache unless `cache` is False (training models);
+    normalised, or the encoder's raw output with `normalise=False`."""
     if cache is False:
-        return embed_image_paths(backbone, list(paths), batch_size, progress=progress)
+        return embed_image_paths(
+            backbone, list(paths), batch_size, progress=progress, normalise=normalise
+        )
     cache_dir = None if cache is True else cache
-    return FeatureCache(backbone, cache_dir).features(list(paths), progress, batch_size)
+    return FeatureCache(backbone, cache_dir, normalise).features(list(paths), progress, batch_size)
 
 
 def split_features(
-    split: ComposedSplit, backbone, cache: bool | str | Path = True, progress: bool = True
+    split: ComposedSplit,
+    backbone,
+    cache: bool | str | Path = True,
+    progress: bool = True,
+    normalise: bool = True,
 ) -> tuple[list[str], torch.Tensor]:
-    """(names, features) of every image of a split, in `split.images` order."""
+    """(names, features) of every image of a split, in `split.images` order; raw features (for
+    models trained on them) with `normalise=False`."""
     names = list(split.images)
-    return names, image_features(backbone, [split.images[n] for n in names], cache, progress)
+    paths = [split.images[n] for n in names]
+    return names, image_features(backbone, paths, cache, progress, normalise=normalise)
 
 
 def encode_texts(

@@ -2,7 +2,9 @@
 
 Any Composer (`composer(backbone, image_features (B,d), texts) -> (B,d)`) is evaluated the same way:
 the reference's feature and the modification text make one query vector, which ranks the split
-gallery by cosine similarity.
+gallery by cosine similarity. The reference feature is at the scale the composer takes: normalised,
+or the encoder's raw output for a model trained on it (`input_features` "raw": the CLIP4Cir and
+SEARLE weights, fed raw features as in the papers' own validation code).
 
 Ties between gallery images are broken by gallery order (a stable sort), and the same ranking is
 used for the metrics and for the submission files, so what is measured locally is what is submitted.
@@ -25,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
+from retrieval.composed.baselines import (
+    RAW,
+    image_only_composer,
+    input_features,
+    sum_composer,
+    text_only_composer,
+)
 from retrieval.composed.combiner import combiner_composer
 from retrieval.composed.phi import zero_shot_composer
 from retrieval.data.composed import ComposedSplit
@@ -95,6 +103,12 @@ def compose_queries(
     return F.normalize(torch.cat(chunks), dim=-1)
 
 
+def is_normalised(features: torch.Tensor, tolerance: float = 1e-3) -> bool:
+    """True when every row has unit length (raw CLIP features are far from it: norms ~10)."""
+    norms = torch.linalg.vector_norm(features.float(), dim=-1)
+    return bool(((norms - 1).abs() <= tolerance).all())
+
+
 def _query_texts(split: ComposedSplit, caption_lists: bool) -> list:
     if caption_lists and split.dataset == "fashioniq":
         return [[c.strip().strip(".?, ") for c in q.captions if c.strip()] for q in split.queries]
@@ -113,11 +127,21 @@ def evaluate_split(
 ) -> SplitResult:
     """Metrics (labelled splits) or submission files (test splits) of one Composer on one split.
 
-    `features` = (names, (n, d) tensor) of the split's images when already computed; otherwise
-    they come from the feature cache. `caption_lists` hands FashionIQ's two captions to the
-    composer as a list (textual inversion averages both orders) instead of "c1 and c2".
+    `features` = (names, (n, d) tensor) of the split's images when already computed, normalised
+    or raw (`split_features(..., normalise=False)`); otherwise they come from the feature cache.
+    Each composer gets its references at the scale it takes: raw features are normalised for a
+    normalised composer, and a raw-input composer given normalised ones has raw ones computed.
+    `caption_lists` hands FashionIQ's two captions to the composer as a list (textual inversion
+    averages both orders) instead of "c1 and c2".
     """
-    names, image_features = features or split_features(split, backbone, cache, progress)
+    raw = input_features(composer) == RAW
+    names, image_features = features or split_features(
+        split, backbone, cache, progress, normalise=not raw
+    )
+    if raw and is_normalised(image_features):  # the raw scale cannot be recovered from these
+        names, image_features = split_features(split, backbone, cache, progress, normalise=False)
+    elif not raw and not is_normalised(image_features):
+        image_features = F.normalize(image_features.float(), dim=-1)
     row = {name: i for i, name in enumerate(names)}
     gallery_rows = torch.tensor([row[name] for name in split.gallery], dtype=torch.long)
     gallery = F.normalize(image_features[gallery_rows].float(), dim=-1)
@@ -166,6 +190,31 @@ def evaluate_split(
     else:
         result.submissions = _submissions(split, top_lists, result.submissions.get("subset", {}))
     return result
+
+
+def evaluate_method(
+    method: str,
+    composer: Composer,
+    splits: list[ComposedSplit],
+    features: list,
+    backbone,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> list[SplitResult]:
+    """One method over a benchmark's splits (FashionIQ: one per category), each with its own
+    image features; zero-shot averages both caption orders, as SEARLE does."""
+    return [
+        evaluate_split(
+            split,
+            backbone,
+            composer,
+            feats,
+            batch_size,
+            caption_lists=method == "zero-shot",
+            progress=progress,
+        )
+        for split, feats in zip(splits, features, strict=True)
+    ]
 
 
 def _metrics(split: ComposedSplit, ranks: torch.Tensor, subset_ranks: list[int], top_lists) -> dict:

@@ -15,7 +15,12 @@ from retrieval.backbone import load_backbone
 from retrieval.catalog import Catalog, CollectionSpec
 from retrieval.cli.main import main
 from retrieval.config import SHAPES_MODEL_DIR, Settings
-from retrieval.duplicates import DECISIONS_FILE, collection_duplicates, mark_not_duplicates
+from retrieval.duplicates import (
+    CALIBRATED,
+    DECISIONS_FILE,
+    collection_duplicates,
+    mark_not_duplicates,
+)
 from retrieval.errors import BadInput, NotFound
 from retrieval.index import Index, build_index, update_index
 from retrieval.shapes.world import ShapeObject, make_scene, render
@@ -65,7 +70,7 @@ def test_copies_form_one_group_and_the_redrawn_scene_stays_out(index_dir, monkey
     index = Index.load(index_dir)
     groups = collection_duplicates(index)
     assert [set(group["ids"]) for group in groups] == [COPIES]
-    assert 0.9 < groups[0]["score"] <= 1
+    assert CALIBRATED.min_copy_score <= groups[0]["score"] <= 1
     assert (index.version_dir() / duplicates_module.SIGNATURES_FILE).is_file()
 
     def no_recompute(image):
@@ -137,12 +142,17 @@ def test_the_tab_shows_groups_and_keeps_a_shared_collections_decision_in_the_ses
     collection = Catalog(
         [CollectionSpec(name="copies", title="Copies", index=str(index_dir))], settings
     ).get("copies")
-    found = duplicates_tab.find_groups(collection, 0.988)
-    gallery, hits, summary, choices = duplicates_tab.shown_groups(collection, found, 0.988)
+    found = duplicates_tab.find_groups(collection, CALIBRATED.min_copy_score)
+    gallery, hits, summary, choices = duplicates_tab.shown_groups(
+        collection, found, CALIBRATED.min_copy_score
+    )
     assert "**1 groups of copies** (5 items) among 8 items" in summary
     assert len(gallery) == 5 and all(caption.startswith("Group 1 · ") for _, caption in gallery)
     assert {hit["id"] for hit in hits} == COPIES
     session_only = [found[0]["ids"]]
-    assert duplicates_tab.find_groups(collection, 0.988, session_only) == []
+    assert duplicates_tab.find_groups(collection, CALIBRATED.min_copy_score, session_only) == []
     assert not (index_dir / DECISIONS_FILE).exists()  # a shared index is not written to
-    assert "No copies found among 8 items" in duplicates_tab.shown_groups(collection, [], 0.988)[2]
+    assert (
+        "No copies found among 8 items"
+        in duplicates_tab.shown_groups(collection, [], CALIBRATED.min_copy_score)[2]
+    )

@@ -22,6 +22,7 @@ RESEARCH = (
     "retrieval.data",
     "retrieval.cli",
     "retrieval.shapes",
+    "retrieval.publish",
 )
 
 SERVE_AND_LIST_MODULES = """

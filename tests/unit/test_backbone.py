@@ -56,3 +56,24 @@ def test_a_model_that_cannot_be_downloaded_is_a_clear_error(capsys):
         load_backbone("ViT-B-32/openai", device="cpu")
     assert main(["index", "anywhere", "--out", "nowhere", "--model", "ViT-B-32/openai"]) == 1
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_openai_weights_get_the_quick_gelu_they_were_trained_with(monkeypatch):
+    import open_clip
+
+    from retrieval.backbone import needs_quick_gelu
+
+    assert needs_quick_gelu("ViT-B-32", "openai") and needs_quick_gelu("RN50x4", "openai")
+    assert not needs_quick_gelu("ViT-B-32-quickgelu", "openai")
+    assert not needs_quick_gelu("ViT-B-32", "laion2b_s34b_b79k")
+    asked = []
+
+    def offline(name, **options):  # records what the factory was asked for, as if offline
+        asked.append((name, options["pretrained"], options["force_quick_gelu"]))
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    for spec in ("ViT-B-32/openai", "ViT-B-32/laion2b_s34b_b79k"):
+        with pytest.raises(ModelUnavailable):
+            load_backbone(spec, device="cpu")
+    assert asked == [("ViT-B-32", "openai", True), ("ViT-B-32", "laion2b_s34b_b79k", False)]

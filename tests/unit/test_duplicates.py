@@ -10,12 +10,15 @@ from PIL import Image
 
 from retrieval.duplicates import (
     CALIBRATED,
+    EVIDENCE,
     DuplicateThresholds,
+    _photometric_fit,
+    average_linkage,
     candidate_pairs,
+    copy_scores,
     find_duplicates,
-    group_pairs,
+    pair_evidence,
     signatures_of,
-    verify_pairs,
 )
 from retrieval.images import thumbnail
 from retrieval.shapes.world import ShapeObject, make_scene, render
@@ -66,12 +69,40 @@ def test_copies_are_grouped_with_their_original_but_a_rerendering_is_not(collect
     assert CALIBRATED.min_copy_score <= groups[0]["score"] <= 1.0 + 1e-6
 
 
+def _with_cosines(vectors: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    return np.array([(i, j, float(vectors[i] @ vectors[j])) for i, j in pairs])
+
+
 def test_copy_scores_rank_copies_above_the_rerendering(collection):
-    _, signatures = collection
-    pairs = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [0, 5]])
-    scores = verify_pairs(pairs, signatures)
-    assert scores[:4].min() > scores[4]
+    vectors, signatures = collection
+    scores = copy_scores(
+        _with_cosines(vectors, [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5)]), signatures
+    )
+    assert scores[:4].min() >= CALIBRATED.min_copy_score
     assert scores[4] < CALIBRATED.min_copy_score
+    assert scores[:4].min() > scores[4]
+
+
+def test_a_rerendering_leaves_colour_that_no_global_change_explains(collection):
+    vectors, signatures = collection
+    evidence = pair_evidence(_with_cosines(vectors, [(0, 4), (0, 5)]), signatures)
+    unexplained = evidence[:, EVIDENCE.index("unexplained")]
+    assert unexplained[0] < 0.5 * unexplained[1]  # the recoloured copy vs the re-rendering
+
+
+def test_photometric_fit_recovers_a_global_colour_change():
+    rng = np.random.default_rng(0)
+    moved = rng.uniform(40, 220, size=(1, 3, 200)).astype(np.float32)
+    target = moved.copy()
+    target[:, 0] = 1.2 * moved[:, 0] + 9.0  # brightness and contrast: luma gain and offset
+    target[:, 1:] = 0.8 * (moved[:, 1:] - 128.0) + 128.0  # saturation: chroma gain around grey
+    unexplained, luma_gain, chroma_gain, luma_left, chroma_left = _photometric_fit(moved, target)[0]
+    assert unexplained < 1e-6 and luma_left < 1e-3 and chroma_left < 1e-3
+    assert luma_gain == pytest.approx(np.log(1.2), abs=1e-4)
+    assert chroma_gain == pytest.approx(abs(np.log(0.8)), abs=1e-4)
+    shifted = target.copy()
+    shifted[:, 1, :100] += 12.0  # one region's colour moved on its own, as a re-rendering does
+    assert _photometric_fit(moved, shifted)[0, 0] > 0.005
 
 
 def test_excluded_pairs_are_dropped_before_grouping(collection):
@@ -88,15 +119,32 @@ def test_calibrated_thresholds_are_the_default(collection):
     default = inspect.signature(find_duplicates).parameters["thresholds"].default
     assert default is CALIBRATED
     assert find_duplicates(vectors, signatures) == find_duplicates(vectors, signatures, CALIBRATED)
-    stricter = DuplicateThresholds(CALIBRATED.min_cosine, min_copy_score=1.01)
+    stricter = DuplicateThresholds(CALIBRATED.min_cosine, min_copy_score=1.0 + 1e-6)
     assert find_duplicates(vectors, signatures, stricter) == []
 
 
-def test_group_pairs_is_transitive_and_ordered():
-    groups = group_pairs([(5, 6), (2, 1), (3, 2), (8, 5)], count=10)
-    assert groups == [[1, 2, 3], [5, 6, 8]]
-    assert group_pairs([], count=3) == []
-    assert group_pairs([(0, 1), (1, 0)], count=2) == [[0, 1]]
+class _TableScorer:
+    """Copy probabilities from a table: the grouping rule on its own, without images."""
+
+    def __init__(self, table: dict[tuple[int, int], float]):
+        self.table = table
+
+    def between(self, first, second):
+        return np.array(
+            [self.table.get((min(x, y), max(x, y)), 0.1) for x in first for y in second]
+        )
+
+
+def test_one_stray_link_does_not_merge_two_groups_of_copies():
+    table = {(0, 1): 0.9, (0, 2): 0.9, (1, 2): 0.9, (3, 4): 0.9, (2, 3): 0.8}
+    links = np.array([(i, j, score) for (i, j), score in table.items()])
+    groups = average_linkage(6, links, _TableScorer(table), min_copy_score=0.5)
+    assert [group["members"] for group in groups] == [[0, 1, 2], [3, 4]]
+    assert [group["score"] for group in groups] == pytest.approx([0.9, 0.9])
+    table[(1, 3)] = table[(0, 3)] = table[(0, 4)] = table[(1, 4)] = table[(2, 4)] = 0.8
+    merged = average_linkage(6, links, _TableScorer(table), min_copy_score=0.5)
+    assert [group["members"] for group in merged] == [[0, 1, 2, 3, 4]]
+    assert merged[0]["score"] == pytest.approx(0.8)
 
 
 def _brute_force(vectors: np.ndarray, min_cosine: float, k: int) -> dict:

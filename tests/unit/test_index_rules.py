@@ -298,7 +298,7 @@ def test_ann_structures_take_their_parameters(tmp_path):
     hnsw = build_faiss(vectors, "hnsw", {"m": 12, "ef_construction": 50})
     assert hnsw.hnsw.efConstruction == 50 and hnsw.hnsw.nb_neighbors(1) == 12
     default_hnsw = build_faiss(vectors, "hnsw", {})
-    assert default_hnsw.hnsw.efConstruction == 80 and default_hnsw.hnsw.nb_neighbors(1) == 32
+    assert default_hnsw.hnsw.efConstruction == 200 and default_hnsw.hnsw.nb_neighbors(1) == 32
     ivf = build_faiss(vectors, "ivfpq", {"nlist": 8, "m": 4})
     assert (ivf.nlist, ivf.pq.M, ivf.pq.nbits, ivf.ntotal) == (8, 4, 8, 600)
     auto = build_faiss(unit_vectors(600, dim=64), "ivfpq", {})

@@ -241,6 +241,7 @@ def info(request: Request, collection: Collection, uploaded: bool) -> dict:
         "preprocessing": collection.backbone.preprocessing,
         "runtime": collection.backbone.runtime,
         "composed_methods": sorted(collection.searcher.composers),
+        "method_licences": collection.method_licences(),
         "vocabulary": spec.vocabulary,
         "uploaded": uploaded,
         "skipped": index.manifest.get("skipped", []),

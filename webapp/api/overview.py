@@ -79,7 +79,9 @@ def duplicates(api: APIRouter, catalog: Catalog, collection_param, require_key) 
         collection: collection_param,
         min_copy_score: Annotated[
             float,
-            Query(ge=0.5, le=1.0, description="pixel match needed (default: calibrated)"),
+            Query(
+                ge=0.0, le=1.0, description="how sure a pair must be a copy (default: calibrated)"
+            ),
         ] = CALIBRATED.min_copy_score,
     ):
         loaded = catalog.get(collection)

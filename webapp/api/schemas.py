@@ -48,6 +48,11 @@ class CollectionInfo(CollectionSummary):
         "heatmaps always use torch"
     )
     composed_methods: list[str] = Field(description="values accepted by search/composed `method`")
+    method_licences: dict[str, str] = Field(
+        {},
+        description="the licence of each composed method whose weights come from elsewhere "
+        "(e.g. zero-shot with SEARLE's phi: CC BY-NC 4.0, non-commercial use only)",
+    )
     vocabulary: str | None = Field(None, description="default tagging vocabulary")
     uploaded: bool = Field(description="true for collections created through the API")
     skipped: list[Skipped] = Field(
@@ -180,7 +185,7 @@ class CollectionMap(BaseModel):
 
 
 class DuplicateGroup(BaseModel):
-    score: float = Field(description="the weakest pixel match inside the group, 0..1")
+    score: float = Field(description="the weakest copy probability inside the group, 0..1")
     items: list[ItemOut]
 
 

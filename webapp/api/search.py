@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 
 from retrieval.catalog import Catalog
 from retrieval.config import Settings
+from retrieval.index import MAX_SEARCH_EFFORT
 from retrieval.search import Filters, Searcher, SearchResult
 from webapp.api.deps import (
     MAX_TEXT_CHARS,
@@ -38,6 +39,17 @@ def filters(
 
 
 SearchFilters = Annotated[Filters, Depends(filters)]
+
+
+def effort(
+    ef_search: Annotated[int | None, Query(ge=1, le=MAX_SEARCH_EFFORT, description="HNSW indexes: candidates explored for this query (more: higher recall, slower); ignored with a note elsewhere")] = None,
+    nprobe: Annotated[int | None, Query(ge=1, le=MAX_SEARCH_EFFORT, description="IVF-PQ indexes: clusters searched for this query (more: higher recall, slower); ignored with a note elsewhere")] = None,
+) -> dict:  # fmt: skip
+    """Per-query ANN effort, passed on to `Searcher.by_vector`."""
+    return {"ef_search": ef_search, "nprobe": nprobe}
+
+
+Effort = Annotated[dict, Depends(effort)]
 
 
 def below_min_score(
@@ -116,6 +128,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         request: Request,
         collection: collection_param,
         search_filters: SearchFilters,
+        search_effort: Effort,
         q: Annotated[
             str,
             Query(
@@ -131,7 +144,8 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         min_score: MinScore = None,
     ):
         searcher = catalog.get(collection).searcher
-        result = searcher.text(q, k=k, offset=offset, min_score=min_score, filters=search_filters)
+        options = dict(k=k, offset=offset, min_score=min_score, filters=search_filters)
+        result = searcher.text(q, **options, **search_effort)
         paging, searched = (k, offset, min_score), (search_filters, set())
         return search_response(request, collection, searcher, result, paging, None, searched)
 
@@ -145,6 +159,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         request: Request,
         collection: collection_param,
         search_filters: SearchFilters,
+        search_effort: Effort,
         file: file_param = None,
         item_id: ItemForm = None,
         k: k_param = 10,
@@ -154,6 +169,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         file = one_source(file, item_id, "query image")
         searcher = catalog.get(collection).searcher
         options = dict(k=k, offset=offset, min_score=min_score, filters=search_filters)
+        options |= search_effort
         if file is not None:
             result = searcher.image(read_upload(file, settings.max_image_mb), **options)
             exclude = set()
@@ -173,6 +189,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
         request: Request,
         collection: collection_param,
         search_filters: SearchFilters,
+        search_effort: Effort,
         text: Annotated[
             str,
             Form(
@@ -209,6 +226,7 @@ def router(catalog: Catalog, settings: Settings) -> APIRouter:
             offset=offset,
             min_score=min_score,
             filters=search_filters,
+            **search_effort,
         )
         parts = loaded.searcher.part_ranks(reference, text, [hit.id for hit in result.hits])
         paging, searched = (k, offset, min_score), (search_filters, exclude)

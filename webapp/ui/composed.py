@@ -48,6 +48,12 @@ def score_note(method: str | None):
     return t(score_note_key(method))
 
 
+def licence_box(collection: Collection | None, method: str | None):
+    """The licence of the chosen method's weights, shown only where they carry one."""
+    licence = collection.method_licences().get(method or "") if collection else None
+    return gr.update(value=licence or "", visible=bool(licence))
+
+
 def composed_methods(collection: Collection) -> list[str]:
     """Trained methods first ("combiner", "zero-shot"), the "sum" baseline last."""
     names = list(collection.searcher.composers)
@@ -165,6 +171,14 @@ def build(settings, first: Collection | None) -> SimpleNamespace:
         note = gr.Markdown(  # what the numbers mean for the method chosen: see wire_score_note
             score_note(methods[0]), elem_classes=["score-note"], elem_id="composed-score-note"
         )
+        first_licence = first.method_licences().get(methods[0]) if first else None
+        licence = gr.Textbox(
+            first_licence or "",
+            label=t("weights_licence"),
+            interactive=False,
+            visible=bool(first_licence),
+            elem_id="composed-licence",
+        )
         explanation = why.build("composed")
         chain = gr.State([])
         query_used = gr.State(None)
@@ -213,6 +227,7 @@ def wire(tab: SimpleNamespace, shell: Shell, detail: Detail) -> None:
     tab.search_outputs = [tab.image, tab.gallery, tab.hits, tab.chain, tab.crumbs, tab.query_used]
     wire_search(tab, shell)
     wire_score_note(tab)
+    wire_licence(tab, shell)
     wire_steps(tab, shell)
     wire_refinement(tab, shell, detail)
 
@@ -250,6 +265,24 @@ def wire_score_note(tab: SimpleNamespace) -> None:
         [tab.method],
         [tab.note],
         api_name="composed_score_note",
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
+
+
+def wire_licence(tab: SimpleNamespace, shell: Shell) -> None:
+    """A method whose weights come with their own licence (SEARLE's: non-commercial) says so."""
+
+    def shown(collection_name, method, session):
+        return licence_box(shell.resolve(session, collection_name), method)
+
+    listen(
+        tab.method.change,
+        shown,
+        [shell.collection, tab.method, shell.session],
+        [tab.licence],
+        api_name="composed_licence",
         api_visibility="private",
         queue=False,
         show_progress="hidden",

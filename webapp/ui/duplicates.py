@@ -69,7 +69,7 @@ def build() -> SimpleNamespace:
     with gr.Tab(t("tab_duplicates"), id="duplicates") as page_tab:
         with gr.Row(equal_height=True):
             strictness = gr.Slider(
-                0.9, 0.999, CALIBRATED.min_copy_score, step=0.001,
+                0.05, 0.999, CALIBRATED.min_copy_score, step=0.001,
                 label=t("duplicate_strictness"), scale=3, elem_id="duplicate-strictness",
             )  # fmt: skip
             button = gr.Button(

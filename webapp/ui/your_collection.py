@@ -19,7 +19,7 @@ from retrieval.catalog import Collection, CollectionSpec
 from retrieval.collection import safe_id
 from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import BadInput, NotFound, TooLarge
-from retrieval.hub import HUB_PREFIX, push_index
+from retrieval.hub import HUB_PREFIX, PushResult, push_index
 from retrieval.index import Index, build_index
 from retrieval.search import Searcher
 from retrieval.uploads import import_zip, replace_folder
@@ -129,7 +129,7 @@ def index_archive(collection: Collection, out_dir: Path) -> Path:
     return final
 
 
-def push_to_hub(collection: Collection, repo: str, token: str | None, private: bool) -> str:
+def push_to_hub(collection: Collection, repo: str, token: str | None, private: bool) -> PushResult:
     """Upload the index folder to a Hub dataset repo, with the typed token or the app's own
     (huggingface_hub finds HF_TOKEN or a saved login itself)."""
     repo = (repo or "").strip().removeprefix(HUB_PREFIX)
@@ -232,8 +232,8 @@ def wire(tab: SimpleNamespace, shell: Shell) -> None:
     )
 
     def push_hub(collection_name, repo, token, private, session):
-        url = push_to_hub(shell.resolve(session, collection_name), repo, token, private)
-        return f"✅ Pushed: {url}"
+        result = push_to_hub(shell.resolve(session, collection_name), repo, token, private)
+        return f"✅ Pushed: {result}" if result.commits else f"✅ {result}"
 
     listen(
         tab.hub_button.click,
