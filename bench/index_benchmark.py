@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.report import write_section
 from retrieval.eval.report import markdown_table
-from retrieval.index import build_faiss, exact_search
+from retrieval.index import HNSW_DEFAULTS, IVF_DEFAULTS, build_faiss, exact_search, rerank_exact
 
 DIM = 512
 K = 10
@@ -74,6 +74,14 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     )
 
 
+def reranked(index, vectors: np.ndarray, rerank: int):
+    """One query's top K: the index's own ranking, or its top `rerank` re-scored exactly, as
+    `Index.search` does for IVF-PQ."""
+    if not rerank:
+        return lambda q: index.search(q, K)[1][0]
+    return lambda q: rerank_exact(q, vectors, index.search(q, max(K, rerank))[1], K)[1][0]
+
+
 def measure_ann(name, params, search_params, vectors, queries, truth, workdir, count) -> list[list]:
     """Build with build_faiss, write, mmap-read like Index.load, then time each search setting."""
     start = time.perf_counter()
@@ -85,15 +93,18 @@ def measure_ann(name, params, search_params, vectors, queries, truth, workdir, c
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
     ann_bytes = path.stat().st_size / count
     rows = []
-    for key, value in search_params:
+    for setting in search_params:
+        knobs = dict(setting)
         if name == "hnsw":
-            index.hnsw.efSearch = value
+            index.hnsw.efSearch = knobs["ef_search"]
         else:
-            index.nprobe = value
-        p50, p95, found = single_query_latency(lambda q: index.search(q, K)[1][0], queries)
+            index.nprobe = knobs["nprobe"]
+        search = reranked(index, vectors, knobs.get("rerank", 0))
+        p50, p95, found = single_query_latency(search, queries)
+        shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
         rows.append(
             [
-                f"{name} ({', '.join(f'{k}={v}' for k, v in params.items())}; {key}={value})",
+                f"{name} ({', '.join(f'{k}={v}' for k, v in params.items())}; {shown})",
                 p50,
                 p95,
                 recall_at_k(found, truth),
@@ -112,12 +123,18 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--flat-queries", type=int, default=50)
-    parser.add_argument("--hnsw-m", type=int, default=16)
-    parser.add_argument("--hnsw-ef-construction", type=int, default=40)
+    parser.add_argument("--hnsw-m", type=int, default=HNSW_DEFAULTS["m"])
+    parser.add_argument(
+        "--hnsw-ef-construction", type=int, default=HNSW_DEFAULTS["ef_construction"]
+    )
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--pq-m", type=int, default=64)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
+    parser.add_argument(
+        "--rerank", type=int, nargs="+", default=[0, IVF_DEFAULTS["rerank"]],
+        help="IVF-PQ candidates re-scored exactly on the vectors (0: the codes' own ranking)",
+    )  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=[], choices=["hnsw", "ivfpq"])
     args = parser.parse_args()
     started, load_start = time.perf_counter(), load()
@@ -149,7 +166,7 @@ def main() -> None:
             rows += measure_ann(
                 "hnsw",
                 params,
-                [("ef_search", v) for v in args.ef_search],
+                [(("ef_search", v),) for v in args.ef_search],
                 vectors,
                 queries,
                 truth,
@@ -161,7 +178,7 @@ def main() -> None:
             rows += measure_ann(
                 "ivfpq",
                 params,
-                [("nprobe", v) for v in args.nprobe],
+                [(("nprobe", v), ("rerank", r)) for v in args.nprobe for r in args.rerank],
                 vectors,
                 queries,
                 truth,
@@ -181,7 +198,7 @@ def main() -> None:
 from the same distribution, one query at a time, k={K} (flat: the first {args.flat_queries}).
 Ground truth: exact inner-product search ({truth_s:.0f} s batched). HNSW and IVF-PQ are built by
 `retrieval.index.build_faiss` and searched after `faiss.read_index(..., IO_FLAG_MMAP)` as in
-`Index.load`. IVF-PQ: 8-bit codes, training sample max(40 x nlist, 10,000); no re-ranking.
+`Index.load`. IVF-PQ: 8-bit codes, training sample max(40 x nlist, 10,000); rerank=N re-scores\nits top N candidates exactly on the vectors (`Index.search`'s default is {IVF_DEFAULTS["rerank"]}).
 "bytes/vector on disk" is the FAISS file; every index version also keeps `vectors.npy`
 ({DIM * 4} bytes/vector), which flat search uses directly. {faiss.omp_get_max_threads()} FAISS
 threads, {os.cpu_count()} cores shared with other jobs: load avg {load_start} at start,
