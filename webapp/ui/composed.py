@@ -48,9 +48,14 @@ def score_note(method: str | None):
     return t(score_note_key(method))
 
 
+def method_licence(collection: Collection | None, method: str | None) -> str | None:
+    """The licence of a method's weights where they carry one of their own, else None."""
+    return collection.method_licences().get(method or "") if collection else None
+
+
 def licence_box(collection: Collection | None, method: str | None):
     """The licence of the chosen method's weights, shown only where they carry one."""
-    licence = collection.method_licences().get(method or "") if collection else None
+    licence = method_licence(collection, method)
     return gr.update(value=licence or "", visible=bool(licence))
 
 
@@ -171,7 +176,7 @@ def build(settings, first: Collection | None) -> SimpleNamespace:
         note = gr.Markdown(  # what the numbers mean for the method chosen: see wire_score_note
             score_note(methods[0]), elem_classes=["score-note"], elem_id="composed-score-note"
         )
-        first_licence = first.method_licences().get(methods[0]) if first else None
+        first_licence = method_licence(first, methods[0])
         licence = gr.Textbox(
             first_licence or "",
             label=t("weights_licence"),
