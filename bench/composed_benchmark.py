@@ -8,7 +8,7 @@ measures the CPU cost of one composed query on a 100k-item index, relative to th
     python -m bench.composed_benchmark --cost-only      # only the per-query cost table
 
 The models come from recipes (each file says how to make its training data):
-    precomputed/shapes-clip-tiny  python -m retrieval train-clip --recipe recipes/shapes-clip-tiny.toml
+    precomputed/shapes-clip-small  python -m retrieval train-clip --recipe recipes/shapes-clip-small.toml
     precomputed/shapes-combiner    python -m retrieval train-combiner --recipe recipes/shapes-combiner.toml
     precomputed/shapes-phi         python -m retrieval train-phi --recipe recipes/shapes-phi.toml
 `--previous-model/-combiner/-phi` adds the rows of the models they replaced, measured in the same run.
@@ -43,13 +43,14 @@ from retrieval.shapes.languages import LANGUAGE_NAMES, parse_languages, split_in
 from retrieval.shapes.world import read_scenes
 
 DATA = ROOT / "precomputed" / "shapes"
-MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+MODEL = ROOT / "precomputed" / "shapes-clip-small"
 COMBINER = ROOT / "precomputed" / "shapes-combiner"
 PHI = ROOT / "precomputed" / "shapes-phi"
 WORK = ROOT / "runs" / "composed"
 COLUMNS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean"]
 INDEX_SIZE = 100_000
 COST_QUERY = "make the red circle on the left a large blue square"
+COMBINER_TARGET = 45  # R@1 on the test split (issue #19)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -164,7 +165,7 @@ def cost_table(args) -> str:
 
 
 def cost_backbones(args):
-    """The shipped tiny CLIP, and ViT-B-32 with random weights (same cost as the real one)."""
+    """The shipped Shapes CLIP, and ViT-B-32 with random weights (same cost as the real one)."""
     if args.model.is_dir():
         yield args.model.name, load_backbone(str(args.model), device="cpu")
     directory = WORK / "vit-b-32-random"
@@ -279,9 +280,10 @@ def quality_section(args) -> str:
         "",
         markdown_table(["query", *COLUMNS], rows),
         "",
-        f"Best training-free baseline: R@1 {results[best]['R@1']:.1f} ({best}). Target: the "
-        "Combiner beats it by >= 10 points. In brackets: bootstrap 95% interval of the gain, "
-        "paired over the test queries (10,000 resamples).",
+        f"Best training-free baseline: R@1 {results[best]['R@1']:.1f} ({best}). Targets: the "
+        f"Combiner reaches R@1 >= {COMBINER_TARGET} and beats that baseline, and zero-shot beats "
+        "image only at R@1, R@5 and R@10, each gain with its interval above zero. In brackets: "
+        "bootstrap 95% interval of the gain, paired over the test queries (10,000 resamples).",
         *gain_lines(results, ranks, best),
         "",
         combiner_line(COMBINER),
@@ -309,17 +311,25 @@ def r1_gain(ranks: dict, method: str, baseline: str) -> str:
 def gain_lines(results: dict, ranks: dict, best: str) -> list[str]:
     lines = []
     if "Combiner" in results:
-        verdict = "met" if results["Combiner"]["R@1"] - results[best]["R@1"] >= 10 else "NOT met"
-        lines.append(f"- Combiner: **{r1_gain(ranks, 'Combiner', best)}** ({verdict}).")
-        lines.append(f"- Combiner over the sum: {r1_gain(ranks, 'Combiner', 'sum')}.")
+        low = recall_gain(ranks["Combiner"], ranks[best], 1)[1]
+        met = results["Combiner"]["R@1"] >= COMBINER_TARGET and low > 0
+        lines.append(
+            f"- Combiner over {best}: **{r1_gain(ranks, 'Combiner', best)}**, R@1 "
+            f"{results['Combiner']['R@1']:.1f} ({verdict(met)})."
+        )
     zero_shot = "zero-shot (textual inversion)"
     if zero_shot in results:
         for k in (1, 5, 10):
             gain, low, high = recall_gain(ranks[zero_shot], ranks["image only"], k)
             lines.append(
-                f"- Zero-shot over image only, R@{k}: {gain:+.1f} points ({low:+.1f} to {high:+.1f})."
+                f"- Zero-shot over image only, R@{k}: {gain:+.1f} points ({low:+.1f} to "
+                f"{high:+.1f}) ({verdict(low > 0)})."
             )
     return lines
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def time_taken(record: dict) -> str:

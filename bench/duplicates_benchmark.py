@@ -47,7 +47,7 @@ from retrieval.eval.report import markdown_table
 from retrieval.images import thumbnail
 from retrieval.shapes.world import describe, random_scene, render
 
-MODEL = "precomputed/shapes-clip-tiny"
+MODEL = "precomputed/shapes-clip-small"
 COPY_KINDS = ("jpeg30", "resize50", "crop85", "rotate15", "jitter20")
 THUMB_SIZE, THUMB_QUALITY = 256, 85  # retrieval.config thumb_size, retrieval.embed's JPEG quality
 TARGET_PRECISION = 0.95  # the target, on test

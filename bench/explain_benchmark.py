@@ -7,7 +7,7 @@
   many-object scenes, and multi-label precision/recall of the attributes present, against chance.
 - Speed: a heatmap for ViT-B-32 at 224 px (random weights) on CPU, against a plain forward pass.
 
-    python -m bench.explain_benchmark [--model precomputed/shapes-clip-tiny] [--scenes 300] [--parts shapes speed]
+    python -m bench.explain_benchmark [--model precomputed/shapes-clip-small] [--scenes 300] [--parts shapes speed]
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from retrieval.shapes import world as shapes
 from retrieval.train import phi as phi_training
 
 DATA = ROOT / "precomputed" / "shapes"
-MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+MODEL = ROOT / "precomputed" / "shapes-clip-small"
 COMBINER = ROOT / "precomputed" / "shapes-combiner"
 OUT = (
     ROOT / "runs" / "inversion" / "selected-phi"
@@ -305,7 +305,7 @@ def other_seeds(backbone, train_features, args, shipped, test, features) -> list
 def model_card(phi, info: dict, rows: list[list], args) -> str:
     return (
         "# shapes-phi: textual inversion for the Shapes world\n\n"
-        f"phi maps a `precomputed/shapes-clip-tiny` image feature to a pseudo-word of "
+        f"phi maps a `precomputed/shapes-clip-small` image feature to a pseudo-word of "
         f"{phi.config.word_tokens} token(s) for the prompt "
         f"`{phi.config.template}` (zero-shot composed retrieval, SEARLE-style); the query adds "
         f"{phi.config.image_weight:g} x the reference image feature (`image_weight` in phi_config.json).\n"
@@ -313,7 +313,7 @@ def model_card(phi, info: dict, rows: list[list], args) -> str:
         "(no captions, no triplets); pseudo-word length, prompt and image weight were picked on a "
         "test-sized split of val scenes.\n\n"
         "Reproduce: `python -m retrieval train-phi --recipe recipes/shapes-phi.toml`; the selection study is `python -m bench.inversion_benchmark`. Use: `python -m retrieval eval cirr --root "
-        "precomputed/shapes --split test --model precomputed/shapes-clip-tiny --phi precomputed/shapes-phi`.\n\n"
+        "precomputed/shapes --split test --model precomputed/shapes-clip-small --phi precomputed/shapes-phi`.\n\n"
         "Shapes test split:\n\n" + markdown_table(["query", *COLUMNS], rows) + "\n"
     )
 

@@ -6,7 +6,7 @@ scaled into the unit square, are the map the app stores and draws); trustworthin
 
 - Shapes (the shipped index, 1,024 x 128): trustworthiness on all items; UMAP timed twice, the
   first call in the process paying for the import and numba compilation. Query placement: 200
-  Shapes descriptions encoded with the shipped tiny CLIP, placed with `place_query` from the
+  Shapes descriptions encoded with the shipped Shapes CLIP, placed with `place_query` from the
   index's exact top-10.
 - Synthetic CLIP-like vectors (default 100,000 x 512, `bench.index_benchmark.clustered_vectors`):
   layout over all items, trustworthiness on a random sample of them.
@@ -35,7 +35,7 @@ from retrieval.layout import PLACE_NEIGHBOURS, compute_layout, place_query
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES_INDEX = ROOT / "precomputed/shapes/index"
 SHAPES_METADATA = ROOT / "precomputed/shapes/metadata.csv"
-SHAPES_MODEL = ROOT / "precomputed/shapes-clip-tiny"
+SHAPES_MODEL = ROOT / "precomputed/shapes-clip-small"
 K = PLACE_NEIGHBOURS  # trustworthiness neighbours and query top-k: 10
 DIM = 512
 WARMUP_ITEMS = 4_200  # just over umap-learn's 4,096-item switch to NN-descent
@@ -253,7 +253,7 @@ In this run UMAP took {ratio(big_umap_s, big_pca_s)} PCA's time at {items:,} ite
 
 **Query placement** (Shapes): {len(texts)} text queries, the `description` of {len(texts)}
 indexed Shapes images (fixed random sample from `precomputed/shapes/metadata.csv`), encoded by
-the shipped tiny CLIP (`precomputed/shapes-clip-tiny`, CPU), placed with
+the shipped Shapes CLIP (`precomputed/shapes-clip-small`, CPU), placed with
 `retrieval.layout.place_query` from the index's exact top-{K} (`Index.search`). Map distances are
 Euclidean in the unit square. By chance, {K} map points would hold one of {K} given items
 {chance:.1%} of the time.

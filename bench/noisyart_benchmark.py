@@ -9,7 +9,7 @@ renderings of a subset of the classes. Everything is written to disk in the Nois
 read back with `retrieval.art_data.read_noisyart`, so the same commands run on it:
 
     python -m bench.noisyart_benchmark                       # build data, evaluate, fine-tune, re-evaluate
-    python -m retrieval eval noisyart --root runs/noisyart-shapes --model precomputed/shapes-clip-tiny
+    python -m retrieval eval noisyart --root runs/noisyart-shapes --model precomputed/shapes-clip-small
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from retrieval.shapes import world as shapes
 from retrieval.train import art as art_train
 from retrieval.train.loop import TrainConfig
 
-MODEL = ROOT / "precomputed" / "shapes-clip-tiny"
+MODEL = ROOT / "precomputed" / "shapes-clip-small"
 DATA = ROOT / "runs" / "noisyart-shapes"
 URI_BASE = "http://example.org/shapes-art/resource/"
 

@@ -1,6 +1,6 @@
 """Shapes world benchmark: how well the shipped ShapesCLIP-Tiny retrieves held-out test scenes.
 
-    python bench/shapes_benchmark.py [--model precomputed/shapes-clip-tiny] [--data precomputed/shapes]
+    python bench/shapes_benchmark.py [--model precomputed/shapes-clip-small] [--data precomputed/shapes]
 
 Measures on the test split (gallery of >= 1,000 images, scenes never seen in training):
 text->image R@1/5/10 (canonical descriptions and paraphrased captions), image->image

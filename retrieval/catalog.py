@@ -22,6 +22,7 @@ from retrieval.hub import fetch
 from retrieval.index import Index
 from retrieval.runtime import check_runtime
 from retrieval.search import Searcher
+from retrieval.stores import open_index
 
 
 @dataclass
@@ -89,7 +90,7 @@ def serving_runtime(spec: CollectionSpec, settings: Settings) -> str:
 
 def open_collection(spec: CollectionSpec, settings: Settings = DEFAULTS) -> Collection:
     index_dir = fetch(spec.index, "dataset")
-    index = Index.load(index_dir)
+    index = open_index(index_dir, milvus_uri=settings.milvus_uri)  # a local or Milvus collection
     backbone = load_backbone(
         spec.model or index.model_spec(),
         preprocessing=index.manifest["preprocessing"],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES_MODEL_DIR = ROOT / "precomputed" / "shapes-clip-tiny"
+SHAPES_MODEL_DIR = ROOT / "precomputed" / "shapes-clip-small"
 SHAPES_INDEX_DIR = ROOT / "precomputed" / "shapes" / "index"
 
 
@@ -50,6 +50,11 @@ class Settings:
     max_k: int = 200
     thumb_size: int = 256
     map_method: str = "auto"  # the collection map: auto | umap | pca (see retrieval.layout)
+    engine: str = "inprocess"  # who embeds index/update: inprocess | ray (retrieval.ray_engine)
+    ray_address: str = ""  # engine ray: "" starts a local one-node Ray; auto | ray://host:10001
+    ray_actors: int = 0  # engine ray: model actors; 0 = one per GPU, else one per ray_actor_cpus
+    ray_actor_cpus: int = 1  # engine ray: CPUs (decoding threads) each model actor reserves
+    milvus_uri: str = ""  # --backend milvus: "" = Milvus Lite file <cache_dir>/milvus.db at build
     api_key: str = ""
     cors_origins: tuple = ()
     host: str = "127.0.0.1"

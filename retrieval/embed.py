@@ -117,6 +117,17 @@ def worker_init(_=None) -> None:
         os._exit(1)
 
 
+def encode_pixels(
+    backbone: Backbone, pixels: torch.Tensor, normalise: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, norms) of one batch of model inputs; every engine embeds through here, so
+    in-process and Ray vectors come from the same arithmetic."""
+    raw = backbone.encode_image_tensors(pixels, normalise=False)
+    norms = torch.linalg.vector_norm(raw, dim=-1).cpu().numpy()
+    features = torch.nn.functional.normalize(raw, dim=-1) if normalise else raw
+    return features.cpu().numpy(), norms
+
+
 def embed_files(
     backbone: Backbone,
     paths: list,
@@ -157,10 +168,9 @@ def embed_files(
     for positions, pixels, thumb_bytes, bad in loader:
         failed.extend(bad)
         if pixels is not None:
-            raw = backbone.encode_image_tensors(pixels, normalise=False)
-            norms.append(torch.linalg.vector_norm(raw, dim=-1).cpu().numpy())
-            features = torch.nn.functional.normalize(raw, dim=-1) if normalise else raw
-            vectors.append(features.cpu().numpy())
+            features, lengths = encode_pixels(backbone, pixels, normalise)
+            vectors.append(features)
+            norms.append(lengths)
             ok.extend(positions)
             thumbs.update(zip(positions, thumb_bytes, strict=True))
         bar.update(len(positions) + len(bad))

@@ -46,9 +46,11 @@ from retrieval.layout import compute_layout
 from retrieval.runtime import MIN_AGREEMENT, combined_agreement
 
 FORMAT_VERSION = 1
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")  # what a version stores
+INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfpq")  # what a version stores
 INDEX_CHOICES = ("auto", *INDEX_TYPES)  # what a build may ask for
+ENGINES = ("inprocess", "ray")  # what embeds the images (Settings.engine)
 KEEP_VERSIONS = 2
+MILVUS_MANIFEST = "milvus.json"  # a folder holding it is a collection living in Milvus
 
 # `auto` keeps exact search up to this many items. A flat query costs ~N*512 multiply-adds: at
 # 200k x 512 one BLAS product takes ~100 ms (BENCHMARKS.md, "Flat vs HNSW vs IVF-PQ"), well
@@ -60,6 +62,9 @@ HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 64}
 # IVF-PQ's 8-bit codes blur the ranking: the top `rerank` candidates are re-scored exactly on
 # vectors.npy (0.45-0.6 recall@10 without, 0.91-0.93 with the top 100; issue #17).
 IVF_DEFAULTS = {"nprobe": 16, "rerank": 100}
+# nlist grows as 4 sqrt(N), so a fixed nprobe searches an ever smaller share of a growing
+# collection and recall falls; the default probes 1/IVF_PROBE_SHARE of the lists (16 at least).
+IVF_PROBE_SHARE = 16
 MAX_SEARCH_EFFORT = 4096  # per-query ef_search / nprobe: beyond this flat search is cheaper
 RECALL_QUERIES, RECALL_K = 200, 10
 
@@ -84,21 +89,9 @@ def build_faiss(vectors: np.ndarray, index_type: str, params: dict) -> faiss.Ind
         index.hnsw.efConstruction = params["ef_construction"]
         index.add(vectors)
         return index
-    if index_type == "ivfpq":
-        nlist = params.get("nlist") or max(1, min(4096, int(4 * np.sqrt(len(vectors)))))
-        m = params.get("m") or _pq_subquantizers(dim)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        if len(vectors) < max(nlist, 256):
-            raise BadInput(
-                f"IVF-PQ needs at least {max(nlist, 256)} vectors to train; use flat or hnsw"
-            )
-        sample = vectors[
-            np.random.default_rng(0).permutation(len(vectors))[: max(nlist * 40, 10_000)]
-        ]
-        index.train(np.ascontiguousarray(sample))
-        index.add(vectors)
-        return index
+    if index_type in ("ivfflat", "ivfpq"):
+        nlist = params.get("nlist") or default_nlist(len(vectors))
+        return _trained_ivf(vectors, index_type, nlist, params)
     raise BadInput(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
 
 
@@ -140,16 +133,50 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int):
     return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
 
 
+def default_nlist(count: int) -> int:
+    """IVF lists for a collection of `count` items: 4 sqrt(N), at most 4096."""
+    return max(1, min(4096, int(4 * np.sqrt(count))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists an IVF search probes unless told: a fixed share of them, so recall holds as nlist grows."""
+    return max(IVF_DEFAULTS["nprobe"], nlist // IVF_PROBE_SHARE)
+
+
+def _trained_ivf(vectors: np.ndarray, index_type: str, nlist: int, params: dict) -> faiss.Index:
+    """IVF-Flat keeps each vector whole in its list; IVF-PQ keeps 8-bit codes of m sub-vectors."""
+    dim = vectors.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    if index_type == "ivfflat":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        least, name = nlist, "IVF-Flat"
+    else:
+        m = params.get("m") or _pq_subquantizers(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        least, name = max(nlist, 256), "IVF-PQ"
+    if len(vectors) < least:
+        raise BadInput(f"{name} needs at least {least} vectors to train; use flat or hnsw")
+    sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: max(nlist * 40, 10_000)]]
+    index.train(np.ascontiguousarray(sample))
+    index.add(vectors)
+    return index
+
+
 def _pq_subquantizers(dim: int) -> int:
     return next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 2)
 
 
-def search_settings(index_type: str, params: dict) -> dict:
-    """How an index searches by default (recorded with its measured recall)."""
+def search_settings(index_type: str, params: dict, count: int = 0) -> dict:
+    """How an index of `count` items searches by default (recorded with its measured recall):
+    IVF probes a share of its lists (IVF-Flat's lists hold the exact vectors: no re-ranking)."""
     if index_type == "hnsw":
         return {"ef_search": params.get("ef_search", HNSW_DEFAULTS["ef_search"])}
-    if index_type == "ivfpq":
-        return {name: params.get(name, value) for name, value in IVF_DEFAULTS.items()}
+    if index_type in ("ivfflat", "ivfpq"):
+        nlist = params.get("nlist") or default_nlist(count)
+        settings = {"nprobe": params.get("nprobe") or default_nprobe(nlist)}
+        if index_type == "ivfpq":
+            settings["rerank"] = params.get("rerank", IVF_DEFAULTS["rerank"])
+        return settings
     return {}
 
 
@@ -224,19 +251,25 @@ class Index:
     def dim(self) -> int:
         return int(self.manifest["dim"])
 
+    @property
+    def label(self) -> str:
+        """How messages name this collection."""
+        return f"the index at {self.directory}"
+
     @staticmethod
     def settings_of(manifest: dict) -> dict:
-        return search_settings(manifest.get("index_type", "flat"), manifest.get("index_params", {}))
+        params = manifest.get("index_params", {})
+        return search_settings(manifest.get("index_type", "flat"), params, manifest.get("count", 0))
 
     def effort_notes(self, effort: SearchEffort, filtered: bool = False) -> list[str]:
         """Why a given ef_search / nprobe did not apply to this search."""
         index_type = self.manifest.get("index_type", "flat")
-        tunes = {"ef_search": "hnsw", "nprobe": "ivfpq"}
+        tunes = {"ef_search": "hnsw", "nprobe": "ivfflat / ivfpq"}
         notes = []
         for name in effort.given():
             if filtered and self.ann is not None:
                 notes.append(f"{name} was ignored: filtered searches are exact")
-            elif tunes[name] != index_type:
+            elif index_type not in tunes[name].split(" / "):
                 exact = " (exact search)" if index_type == "flat" else ""
                 notes.append(
                     f"{name} was ignored: it tunes {tunes[name]} indexes and this collection's "
@@ -247,6 +280,7 @@ class Index:
     # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path, backbone: Backbone | None = None) -> Index:
+        """The live version (`retrieval.stores.open_index` also opens Milvus collections)."""
         for attempt in range(3):  # a concurrent writer may prune the version being read: read again
             try:
                 return cls._load_current(Path(directory), backbone)
@@ -289,12 +323,12 @@ class Index:
         built_with = f"{self.manifest['model_spec']} (dim {self.dim})"
         if backbone.dim != self.dim:
             raise IndexMismatch(
-                f"the index at {self.directory} was built with {built_with}, but the model in use "
+                f"{self.label} was built with {built_with}, but the model in use "
                 f"({backbone.spec}) embeds into {backbone.dim} dimensions; rebuild the index or load its model"
             )
         if not fingerprint_matches(self.manifest.get("model_fingerprint"), backbone, atol=2e-3):
             raise IndexMismatch(
-                f"the index at {self.directory} was built with {built_with}; the model in use "
+                f"{self.label} was built with {built_with}; the model in use "
                 f"({backbone.spec}) has the same dimension but different weights"
             )
         self.check_runtime(backbone)
@@ -309,7 +343,7 @@ class Index:
             bound = combined_agreement(agreement, backbone.runtime_agreement)
             if runtime != backbone.runtime and bound < MIN_AGREEMENT:
                 raise IndexMismatch(
-                    f"the index at {self.directory} holds {runtime} embeddings and queries run on "
+                    f"{self.label} holds {runtime} embeddings and queries run on "
                     f"{backbone.runtime}: for this model they agree only to cosine {bound:.4f} "
                     f"(needed: {MIN_AGREEMENT}); search with runtime {runtime} (--runtime, "
                     f'SR_RUNTIME or the collection\'s "runtime") or rebuild the index with '
@@ -392,6 +426,11 @@ class Index:
         return path
 
     # -- search ------------------------------------------------------------------------------
+    def allowed(self, filters) -> np.ndarray:
+        """Positions of the items `filters` keep (a filtered search is exact on them)."""
+        kept = [position for position, item in enumerate(self.items) if filters.matches(item)]
+        return np.array(kept, dtype=np.int64)
+
     def search(
         self,
         queries: np.ndarray,
@@ -435,14 +474,16 @@ class Index:
             items[self.position(item_id)].update(fields)
         vectors = np.asarray(self.vectors)
         return write_version(
-            self.directory, self.manifest, items, vectors, self.layout, norms=self.norms
+            self.directory, self.manifest, items, vectors, self.layout, self.norms, self.ann
         )
 
     def redraw_map(self, method: str) -> Index:
         """A new version whose collection map is drawn with `method` (same items and vectors)."""
         manifest = {**self.manifest, "map": {"requested": method}}
         vectors = np.asarray(self.vectors)
-        return write_version(self.directory, manifest, self.items, vectors, norms=self.norms)
+        return write_version(
+            self.directory, manifest, self.items, vectors, norms=self.norms, same_ann=self.ann
+        )
 
 
 def write_version(
@@ -452,12 +493,15 @@ def write_version(
     vectors: np.ndarray,
     layout: np.ndarray | None = None,
     norms: np.ndarray | None = None,
+    same_ann: faiss.Index | None = None,
 ) -> Index:
     """Write a complete new version next to the live one, then flip CURRENT atomically.
 
     Without a `layout` (new vectors), the collection map is drawn with the method the manifest
     asks for (`map.requested`). `norms` (the image features' norms before normalisation, one per
-    item) are written when known."""
+    item) are written when known. `same_ann`: the live version's ANN structure, for a rewrite of
+    metadata or map alone (same vectors), so a tag edit neither rebuilds it nor re-measures the
+    recall the manifest records."""
     directory = Path(directory)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     manifest = {
@@ -472,14 +516,11 @@ def write_version(
     choice = manifest.get("index_choice")
     if choice:  # `auto`: the type follows the collection's size, also across updates
         manifest["index_type"] = choose_index_type("auto", len(items), choice["flat_max_items"])
-    ann = (
-        build_faiss(vectors, manifest["index_type"], manifest.get("index_params", {}))
-        if len(items)
-        else None
-    )
-    if ann is not None:
-        _set_search_params(ann, Index.settings_of(manifest))
-    manifest["recall"] = measure_recall(Index(directory, manifest, items, vectors, ann))
+    if same_ann is not None and "recall" in manifest:
+        ann = same_ann
+    else:
+        ann = _new_ann(vectors, manifest) if len(items) else None
+        manifest["recall"] = measure_recall(Index(directory, manifest, items, vectors, ann))
     with _write_lock(directory):
         name = f"v{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         staging = directory / "versions" / f".{name}.tmp"
@@ -502,6 +543,13 @@ def write_version(
         write_atomic(directory / "CURRENT", name.encode())
         _prune_versions(directory, keep=name)
     return Index.load(directory)
+
+
+def _new_ann(vectors: np.ndarray, manifest: dict) -> faiss.Index | None:
+    ann = build_faiss(vectors, manifest["index_type"], manifest.get("index_params", {}))
+    if ann is not None:
+        _set_search_params(ann, Index.settings_of(manifest))
+    return ann
 
 
 def measure_recall(index: Index, queries: int = RECALL_QUERIES, k: int = RECALL_K) -> dict:
@@ -546,11 +594,24 @@ def _thumb_name(item_id: str, fingerprint: str) -> str:
     return f"{item_id}-{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}.jpg"
 
 
+def _engine(settings: Settings):
+    """What embeds the files (`settings.engine`): this process's pipeline, or Ray's model actors
+    (imported only when asked for). Both give `embed_files`'s result, so every backend takes it."""
+    if settings.engine == "ray":
+        from retrieval.ray_engine import embed_files_ray
+
+        return embed_files_ray
+    if settings.engine != "inprocess":
+        raise BadInput(f"unknown engine {settings.engine!r}; choose one of {ENGINES}")
+    return embed_files
+
+
 def _embed_items(
     items: list[Item], directory: Path, backbone: Backbone, progress: bool, settings: Settings
 ):
     """Embed items and write their thumbnails; returns (metadata rows, vectors, norms, skipped)."""
-    result = embed_files(backbone, [item.path for item in items], settings, progress=progress)
+    embed = _engine(settings)
+    result = embed(backbone, [item.path for item in items], settings, progress=progress)
     thumbs = directory / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     rows = []

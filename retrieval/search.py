@@ -47,10 +47,7 @@ class Filters:
         return not any(value not in (None, "", []) for value in asdict(self).values())
 
     def matches(self, item: dict) -> bool:
-        if (
-            self.artist
-            and self.artist.strip().lower() != str(item.get("artist", "")).strip().lower()
-        ):
+        if self.artist and self.artist.strip().lower() != artist_key(item):
             return False
         if self.date_from is not None or self.date_to is not None:
             year = item_year(item)
@@ -61,14 +58,24 @@ class Filters:
             if self.date_to is not None and year > self.date_to:
                 return False
         if self.keyword:
-            haystack = f"{item.get('title', '')} {item.get('description', '')}".lower()
+            haystack = keyword_text(item)
             if not all(word in haystack for word in self.keyword.lower().split()):
                 return False
-        if self.tags:
-            item_tags = {str(tag).lower() for tag in tag_names(item.get("tags"))}
-            if not {tag.lower() for tag in self.tags} <= item_tags:
-                return False
-        return True
+        return not self.tags or {tag.lower() for tag in self.tags} <= tag_keys(item)
+
+
+# What each filter compares, one definition for the local filters and the Milvus backend's rows.
+def artist_key(item: dict) -> str:
+    return str(item.get("artist", "")).strip().lower()
+
+
+def keyword_text(item: dict) -> str:
+    """The text a keyword must occur in: title and description, lower-cased."""
+    return f"{item.get('title', '')} {item.get('description', '')}".lower()
+
+
+def tag_keys(item: dict) -> set[str]:
+    return {str(tag).lower() for tag in tag_names(item.get("tags"))}
 
 
 def tag_names(tags) -> list[str]:
@@ -259,10 +266,7 @@ class Searcher:
         exclude = exclude or set()
         allowed = None
         if filters is not None and not filters.is_empty():
-            allowed = np.array(
-                [p for p, item in enumerate(self.index.items) if filters.matches(item)],
-                dtype=np.int64,
-            )
+            allowed = self.index.allowed(filters)  # positions, or a filter a server evaluates
         wanted = offset + k + len(exclude)
         query = np.asarray(vector, np.float32)
         scores, positions = self.index.search(query, wanted, allowed, effort)

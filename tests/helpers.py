@@ -65,10 +65,16 @@ def make_collection(root: Path, with_metadata: bool = True) -> Path:
 def shipped_shapes_recall(
     method: str, runtime: str | None = None, language: str = "en"
 ) -> dict[str, dict[str, float]]:
-    """CIRR metrics on the shipped Shapes test split for image-only, text-only, sum and one composed
-    method of the shipped Shapes collection, as the app serves it: the index's PyTorch vectors for
-    the gallery and the references, the collection's runtime (or `runtime`) for the query texts,
-    the edit requests rewritten in `language`."""
+    """CIRR metrics of `shipped_shapes_results`."""
+    results = shipped_shapes_results(method, runtime, language)
+    return {name: result.metrics for name, result in results.items()}
+
+
+def shipped_shapes_results(method: str, runtime: str | None = None, language: str = "en") -> dict:
+    """CIRR results (metrics and per-query target ranks) on the shipped Shapes test split for
+    image-only, text-only, sum and one composed method of the shipped Shapes collection, as the
+    app serves it: the index's PyTorch vectors for the gallery and the references, the
+    collection's runtime (or `runtime`) for the query texts, the edit requests in `language`."""
     from retrieval.catalog import Catalog, composers_for
     from retrieval.composed.baselines import image_only_composer, sum_composer, text_only_composer
     from retrieval.config import ROOT
@@ -92,7 +98,7 @@ def shipped_shapes_recall(
         method: composers_for(spec)[method],
     }
     return {
-        name: evaluate_split(test, backbone, composer, features, progress=False).metrics
+        name: evaluate_split(test, backbone, composer, features, progress=False)
         for name, composer in composers.items()
     }
 
@@ -120,7 +126,7 @@ def shipped_description_recall(runtime: str, language: str = "en") -> dict[str, 
 
 
 def shipped_backbone(runtime: str = "torch"):
-    """The shipped ShapesCLIP-Tiny; ONNX exports go to one folder per test session."""
+    """The shipped Shapes CLIP; ONNX exports go to one folder per test session."""
     from retrieval.backbone import load_backbone
     from retrieval.config import SHAPES_MODEL_DIR
 

@@ -22,7 +22,9 @@ from retrieval.cli.composed import (
     run_train_stage1,
 )
 from retrieval.cli.convert import add_convert_command
+from retrieval.cli.engine import add_engine_options, engine_settings
 from retrieval.cli.evaluate import add_eval_commands as add_composed_eval
+from retrieval.cli.milvus import add_backend_options, add_drop_command, index_into_milvus
 from retrieval.cli.options import (
     add_device,
     add_recipe,
@@ -45,8 +47,9 @@ from retrieval.cli.train_clip import add_train_clip_arguments, run_train_clip
 from retrieval.config import Settings
 from retrieval.errors import BadInput, RetrievalError
 from retrieval.hub import fetch, push_index
-from retrieval.index import FLAT_MAX_ITEMS, INDEX_CHOICES, Index, build_index, update_index
+from retrieval.index import FLAT_MAX_ITEMS, INDEX_CHOICES, Index, build_index
 from retrieval.search import Filters, Searcher
+from retrieval.stores import open_index, update_collection
 from retrieval.tags import load_vocabulary, store_tags, tag_index, to_csv, write_tags
 
 
@@ -63,11 +66,14 @@ def _backbone(args, spec: str | None = None, preprocessing: str | None = None):
 
 def _index_backbone(args, index_dir: str):
     """The backbone an index was built with, as its manifest records it."""
-    index = Index.load(index_dir)
+    index = open_index(index_dir, milvus_uri=args.settings.milvus_uri)
     return index, _backbone(args, index.model_spec(), index.manifest["preprocessing"])
 
 
 def _cmd_index(args):
+    args.settings = engine_settings(args)
+    if args.backend == "milvus":
+        return _print_report(args, index_into_milvus(args, _backbone(args)))
     report = build_index(
         args.folder,
         args.out,
@@ -98,10 +104,11 @@ def _print_report(args, report) -> None:
 
 
 def _cmd_update(args):
+    args.settings = engine_settings(args)
     index, backbone = _index_backbone(args, args.index)
     if args.model:
         backbone = _backbone(args, preprocessing=index.manifest["preprocessing"])
-    report = update_index(
+    report = update_collection(
         args.index, backbone, folder=args.folder, metadata=args.metadata, settings=args.settings
     )
     _print_report(args, report)
@@ -151,7 +158,7 @@ def _cmd_search(args):
 
 
 def _cmd_info(args):
-    index = Index.load(fetch(args.index))
+    index = open_index(fetch(args.index), milvus_uri=args.settings.milvus_uri)
     print(json.dumps({**index.manifest, "items": len(index)}, indent=2))
 
 
@@ -214,6 +221,8 @@ def _add_index(sub):
         help='JSON of FAISS parameters, e.g. \'{"m": 32, "ef_construction": 200, "ef_search": 64}\' '
         'or \'{"nlist": 1024, "nprobe": 16, "rerank": 100}\'',
     )
+    add_backend_options(parser)
+    add_engine_options(parser)
     add_device(parser)
     add_runtime(parser)
     parser.set_defaults(func=_cmd_index)
@@ -230,6 +239,7 @@ def _add_update(sub):
         "--metadata", help="metadata CSV/JSONL (default: the one used at build time)"
     )
     parser.add_argument("--model", help="model spec (default: the one recorded in the index)")
+    add_engine_options(parser)
     add_device(parser)
     add_runtime(parser)
     parser.set_defaults(func=_cmd_update)
@@ -454,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pull(sub)
     add_publish_command(sub)
     add_doctor_command(sub)
+    add_drop_command(sub)
     _add_shapes(sub)
     _add_tag(sub)
     _add_eval(sub)

@@ -49,6 +49,7 @@ def training_data(args, transform, tokenizer):
             args.workers,
             languages,
             edits=bool(args.edit_weight),
+            partial=args.partial,
         )
         validate = (
             shapes_validator(transform, tokenizer, args.val_sets, args.seed, languages)
@@ -89,6 +90,7 @@ def train_config(args, validated: bool) -> TrainConfig:
                 "init": args.init,
                 "languages": args.languages,
                 "edit_weight": args.edit_weight,
+                "partial": args.partial,
             },
         }
     )
@@ -189,6 +191,13 @@ def add_train_clip_arguments(parser) -> None:
         default=0.0,
         help="shapes: also learn CLIP4Cir's stage-1 objective (reference + edit request -> "
         "target) from each group's variants, with this weight (default 0: off)",
+    )
+    parser.add_argument(
+        "--partial",
+        type=float,
+        default=0.0,
+        help="shapes: share of captions naming only some objects and attributes ('a red circle'), "
+        "each true of every batch image that holds them (default 0: off)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for weights, data and order (default 0)"

@@ -15,7 +15,7 @@ import numpy as np
 from retrieval.data.composed import ComposedSplit
 from retrieval.errors import BadInput
 from retrieval.shapes import world
-from retrieval.shapes.world import Edit, Scene, ShapeObject, SplitData, Triplet
+from retrieval.shapes.world import Edit, Mention, Scene, ShapeObject, SplitData, Triplet
 
 LANGUAGES = ("en", "it", "fr", "de", "es")
 LANGUAGE_NAMES = {
@@ -115,6 +115,17 @@ class Language:
             noun, where = self.noun_phrase(obj, size, "a", case), self.where(obj.position, rng)
             position_first = not prefix and rng.random() < 0.2
             parts.append(f"{where} {noun}" if position_first else f"{noun} {where}")
+        return prefix + self.join(parts, comma=bool(rng.random() < 0.5))
+
+    def mention(self, mention: Mention, rng: np.random.Generator, case: str) -> str:
+        obj, sizes = mention.obj, self.sizes[mention.obj.size]
+        size = sizes[int(rng.integers(len(sizes)))] if mention.size else None
+        noun = self.noun_phrase(obj, size, "a", case, colour=mention.colour)
+        return f"{noun} {self.where(obj.position, rng)}" if mention.position else noun
+
+    def partial_caption(self, mentions: tuple[Mention, ...], rng: np.random.Generator) -> str:
+        prefix = _pick(rng, self.prefixes)
+        parts = [self.mention(m, rng, self.prefix_case(prefix)) for m in mentions]
         return prefix + self.join(parts, comma=bool(rng.random() < 0.5))
 
     def reference_form(self, obj: ShapeObject, scene: Scene, rng: np.random.Generator):
@@ -480,6 +491,14 @@ def paraphrase(scene: Scene, rng: np.random.Generator, language: str = "en") -> 
     if check_language(language) == "en":
         return world.paraphrase(scene, rng)
     return GRAMMARS[language].paraphrase(scene, rng)
+
+
+def partial_caption(
+    mentions: tuple[Mention, ...], rng: np.random.Generator, language: str = "en"
+) -> str:
+    if check_language(language) == "en":
+        return world.partial_caption(mentions, rng)
+    return GRAMMARS[language].partial_caption(mentions, rng)
 
 
 def edit_text(edit: Edit, source: Scene, rng: np.random.Generator, language: str = "en") -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Container
@@ -178,6 +179,56 @@ def paraphrase(scene: Scene, rng: np.random.Generator) -> str:
         )
     text = _join(parts, comma=bool(rng.random() < 0.5))
     return (rng.choice(PREFIXES) + text).strip()
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A partial caption's words about one object: always its shape, and some of its colour, size
+    and position, never both of the last two. Full captions name size and position for every
+    object, so a caption with a mention can be told from a complete description by its words."""
+
+    obj: ShapeObject
+    colour: bool
+    size: bool
+    position: bool
+
+    def fits(self, other: ShapeObject) -> bool:
+        named = [("shape", True), ("colour", self.colour), ("size", self.size)]
+        named.append(("position", self.position))
+        return all(getattr(other, name) == getattr(self.obj, name) for name, on in named if on)
+
+
+def random_mentions(scene: Scene, rng: np.random.Generator) -> tuple[Mention, ...]:
+    """One object of the scene (or two, three times in ten), each named by a random subset."""
+    count = 2 if len(scene) > 1 and rng.random() < 0.3 else 1
+    picked = rng.choice(len(scene), size=count, replace=False)
+    mentions = []
+    for index in picked:
+        colour, detail = bool(rng.random() < 0.75), int(rng.choice(3, p=(0.5, 0.25, 0.25)))
+        mentions.append(Mention(scene[int(index)], colour, detail == 1, detail == 2))
+    return tuple(mentions)
+
+
+def mentioned_in(mentions: tuple[Mention, ...], scene: Scene) -> bool:
+    """Whether distinct objects of the scene fit every mention (so the partial caption is true)."""
+    return any(
+        all(m.fits(obj) for m, obj in zip(mentions, chosen, strict=False))
+        for chosen in itertools.permutations(scene, len(mentions))
+    )
+
+
+def mention_phrase(mention: Mention, rng: np.random.Generator) -> str:
+    obj = mention.obj
+    words = [str(rng.choice(SIZE_WORDS[obj.size]))] if mention.size else []
+    words += [obj.colour] if mention.colour else []
+    noun = _with_article(" ".join([*words, obj.shape]))
+    return f"{noun} {rng.choice(POSITION_PHRASES[obj.position])}" if mention.position else noun
+
+
+def partial_caption(mentions: tuple[Mention, ...], rng: np.random.Generator) -> str:
+    """A caption true of every scene that holds the mentioned objects ("a red circle")."""
+    parts = [mention_phrase(mention, rng) for mention in mentions]
+    return (rng.choice(PREFIXES) + _join(parts, comma=bool(rng.random() < 0.5))).strip()
 
 
 def captions(scene: Scene, count: int, seed: int) -> list[str]:

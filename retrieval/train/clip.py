@@ -1,7 +1,7 @@
 """Contrastive CLIP training (from scratch or fine-tuning) on image/text pairs, and its validators.
 
 The Shapes CLIP in `precomputed/` comes from here through `python -m retrieval train-clip
---recipe recipes/shapes-clip-tiny.toml`.
+--recipe recipes/shapes-clip-small.toml`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,28 @@ from retrieval.train.loop import (
 
 
 def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE: the i-th image belongs with the i-th text and vice versa."""
+    """Symmetric InfoNCE: the i-th image belongs with the i-th text and vice versa. With
+    `positives` (texts x images, true where a text is true of an image), each side's probability
+    mass on all its positives counts, so "a red circle" may pick any image holding one."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
     logits = logit_scale * image_features @ text_features.T
+    if positives is not None:
+        positives = positives.to(logits.device)
+        return (_multi_positive(logits, positives.T) + _multi_positive(logits.T, positives)) / 2
     labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _multi_positive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -log(softmax mass on the row's positives)."""
+    on_positives = logits.masked_fill(~positives, float("-inf")).logsumexp(dim=1)
+    return (logits.logsumexp(dim=1) - on_positives).mean()
 
 
 def edit_loss(
@@ -78,15 +92,16 @@ def encode_used_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def clip_step(model, batch, edit_weight: float = 0.0) -> torch.Tensor:
-    """Loss of one (images, token_ids[, edit triplets]) batch: contrastive, plus the weighted
-    stage-1 objective when the batch carries edit requests."""
-    images, tokens, *triplets = batch
+    """Loss of one (images, token_ids[, edit triplets[, positives]]) batch: contrastive, plus the
+    weighted stage-1 objective when the batch carries edit requests."""
+    images, tokens, *extra = batch
+    triplets, positives = (*extra, None, None)[:2]
     image_features = model.encode_image(images)
     text_features = encode_used_tokens(model, tokens)
     scale = model.logit_scale.exp()
-    loss = clip_loss(image_features, text_features, scale)
-    if edit_weight and triplets and len(triplets[0][1]):
-        requests, references, targets = triplets[0]
+    loss = clip_loss(image_features, text_features, scale, positives)
+    if edit_weight and triplets is not None and len(triplets[1]):
+        requests, references, targets = triplets
         request_features = encode_used_tokens(model, requests)
         loss = loss + edit_weight * edit_loss(
             image_features, request_features, references, targets, scale

@@ -48,7 +48,7 @@ def test_an_unavailable_collection_says_why_in_plain_words(page):
 def test_upload_a_zip_with_metadata_search_it_and_download_its_index(page, tmp_path):
     archive, metadata = class_zip(tmp_path)
     open_tab(page, "upload", "Your collection")
-    assert "shapes-clip-tiny" in text_of(page, "upload-model-note")  # which model will embed it
+    assert "shapes-clip-small" in text_of(page, "upload-model-note")  # which model will embed it
     page.locator("#upload-zip input[type=file]").set_input_files(str(archive))
     page.locator("#upload-metadata input[type=file]").set_input_files(str(metadata))
     box(page, "upload-name").fill("class-set")

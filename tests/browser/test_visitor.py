@@ -54,7 +54,7 @@ def test_land_search_an_example_open_a_result_and_find_similar(page):
     wait_for_results(page, "image-results", 12)
     assert visible_images(page, "image-results") == 12
     assert sum("red" in title for title in titles(page, "image-results")[:5]) >= 4
-    assert "shapes-clip-tiny" in text_of(page, "image-model-note")
+    assert "shapes-clip-small" in text_of(page, "image-model-note")
     shot(page, "image-search")
 
 
@@ -66,7 +66,7 @@ def test_compose_from_an_upload_and_from_an_item_refine_twice_and_step_back(page
     wait_for_results(page, "composed-results", 12)
     assert visible_images(page, "composed-results") == 12
     found = titles(page, "composed-results")
-    assert found[0] == "blue star" and all("blue" in title for title in found[:3]), found
+    assert "blue star" in found[:3] and all("blue" in title for title in found[:3]), found
     assert "1. your image + “make the star blue” (combiner)" in text_of(page, "breadcrumbs")
     assert "own scale" in text_of(page, "composed-score-note")
     # an item of the collection, typed: it shows as the reference before anything is run

@@ -205,7 +205,7 @@ def test_a_collection_on_the_hub_loads_offline_from_the_cache(tmp_path, monkeypa
     into_hub_cache(cache, "model", "museum/shapes-phi", shapes / "shapes-phi")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     spec = CollectionSpec(
-        name="hub", title="Hub", index="hf-hub:museum/shapes-index", model=str(shapes / "shapes-clip-tiny"),
+        name="hub", title="Hub", index="hf-hub:museum/shapes-index", model=str(shapes / "shapes-clip-small"),
         combiner="hf-hub:museum/shapes-combiner", phi="hf-hub:museum/shapes-phi",
     )  # fmt: skip
     opened = open_collection(spec, Settings(device="cpu", cache_dir=str(tmp_path / "cache")))

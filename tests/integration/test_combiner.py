@@ -22,11 +22,12 @@ from retrieval.composed.combiner import (
 )
 from retrieval.data.composed import read_fashioniq
 from retrieval.errors import IndexMismatch, NotFound
+from retrieval.eval.metrics import recall_gain
 from retrieval.train import composed as composed_training
 from retrieval.train.composed import TripletFeatures, combiner_step, stage2_config, triplet_features
 from retrieval.train.loop import train_loop
 from tests.fabricated import make_cirr, make_fashioniq
-from tests.helpers import shipped_shapes_recall
+from tests.helpers import shipped_shapes_results
 
 
 def test_architecture_follows_clip4cir():
@@ -248,9 +249,12 @@ def test_combiner_config_is_plain_json():
     assert composed_training.STAGE2_LR == 2e-5
 
 
-def test_shipped_combiner_beats_the_baselines_by_ten_points():
-    """Issue target on the shipped Shapes test split: R@1 of the shipped (frozen-CLIP) Combiner at
-    least 10 points above the best training-free baseline (measured: 23.6 vs 13.0, BENCHMARKS.md)."""
-    recall = shipped_shapes_recall("combiner")
-    best_baseline = max(recall[name]["R@1"] for name in ("image", "text", "sum"))
-    assert recall["combiner"]["R@1"] >= best_baseline + 10, recall
+def test_shipped_combiner_beats_every_baseline_on_the_shapes_test_split():
+    """Issue #19 target on the shipped Shapes test split: the shipped Combiner reaches R@1 >= 45
+    and beats the best training-free baseline (the sum, on a CLIP that learned stage 1's
+    objective) at R@1 with the paired bootstrap interval of the gain above zero."""
+    results = shipped_shapes_results("combiner")
+    assert results["combiner"].metrics["R@1"] >= 45, results["combiner"].metrics
+    best = max(("image", "text", "sum"), key=lambda name: results[name].metrics["R@1"])
+    gain = recall_gain(results["combiner"].ranks, results[best].ranks, 1)
+    assert gain[1] > 0, (best, gain)

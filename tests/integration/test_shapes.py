@@ -167,10 +167,10 @@ def test_training_pairs_come_in_near_duplicate_groups():
     loader = shapes_data.shapes_loader(
         transform, tokenizer, batch_size=8, epoch_size=16, seed=0, group=2
     )
-    pixels, tokens = next(iter(loader))
+    pixels, tokens, triplets, positives = next(iter(loader))
     assert pixels.shape == (8, 3, 32, 32) and tokens.shape == (8, 32)
-    dataset = loader.dataset
-    _, texts = dataset[0]
+    assert triplets is None and positives is None  # neither edits nor partial captions asked for
+    texts = loader.dataset[0].captions
     assert texts[0] != texts[1]
 
 

@@ -55,7 +55,7 @@ def collection():
         render(SCENE, 12)[0],
         render(OTHER, 13)[0],
     ]
-    backbone = load_backbone("precomputed/shapes-clip-tiny", device="cpu")
+    backbone = load_backbone("precomputed/shapes-clip-small", device="cpu")
     vectors = backbone.encode_images(images).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors, signatures_of(_stored_thumbnail(image) for image in images)

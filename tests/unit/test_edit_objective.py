@@ -13,16 +13,18 @@ def test_each_group_carries_the_requests_from_its_scene_to_its_variants():
     _, transform, tokenizer = new_model("ShapesCLIP-Micro", device="cpu")
     dataset = ShapesPairs(8, transform, tokenizer, seed=1, group=4, edits=True)
     samples = [dataset[index] for index in range(4)]
-    for _, captions, requests in samples:
+    for sample in samples:
+        captions, requests = sample.captions, sample.requests
         assert [at for at, _ in requests] == [1, 2, 3]  # every variant is one edit of the scene
         assert all(text and text not in captions for _, text in requests)
-    pixels, tokens, (request_tokens, references, targets) = dataset.collate(samples)
+    pixels, tokens, (request_tokens, references, targets), positives = dataset.collate(samples)
+    assert positives is None  # every caption complete: each text belongs to its own image
     assert pixels.shape[0] == tokens.shape[0] == 16
     assert references.tolist() == [0] * 3 + [4] * 3 + [8] * 3 + [12] * 3
     assert targets.tolist() == [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15]
     assert request_tokens.shape[0] == 12
     plain = ShapesPairs(8, transform, tokenizer, seed=1, group=4)
-    assert len(plain[0]) == 2 and len(plain.collate([plain[0]])) == 2  # off: the old batches
+    assert plain[0].requests == [] and plain.collate([plain[0]])[2:] == (None, None)
 
 
 def test_the_reference_cannot_answer_its_own_query():

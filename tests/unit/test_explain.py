@@ -232,7 +232,7 @@ def pointing_check(model_dir, trials: int = 40) -> dict:
 
 
 def test_pointing_game_on_shapes_beats_centre_and_random_baselines():
-    """The shipped tiny model must exist: this check is part of CI, never skipped."""
+    """The shipped Shapes model must exist: this check is part of CI, never skipped."""
     from retrieval.config import SHAPES_MODEL_DIR
 
     assert SHAPES_MODEL_DIR.is_dir(), f"{SHAPES_MODEL_DIR} is missing: the Shapes model must ship"

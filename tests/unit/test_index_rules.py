@@ -390,3 +390,25 @@ def test_an_update_records_the_runtime_of_new_vectors_only_when_it_embeds(
     Image.new("RGB", (30, 30), (9, 9, 9)).save(folder / "new.png")
     grown = update_index(tmp_path / "index", micro_backbone, progress=False)
     assert grown.index.manifest["runtimes"] == {"onnx": 0.999, "torch": 1.0}
+
+
+def test_a_metadata_rewrite_keeps_the_ann_structure_and_its_measured_recall(tmp_path, monkeypatch):
+    """Tags or a new map leave the vectors as they were: the version reuses the live HNSW graph
+    and the recall measured at build time instead of rebuilding and re-measuring."""
+    vectors = unit_vectors(600)
+    items = [{"id": str(n)} for n in range(600)]
+    built = write_version(tmp_path / "hnsw", manifest(index_type="hnsw"), items, vectors)
+    recall = built.manifest["recall"]
+
+    def must_not_rebuild(*args, **kwargs):
+        raise AssertionError("the vectors did not change: nothing to rebuild or measure")
+
+    monkeypatch.setattr(index_module, "build_faiss", must_not_rebuild)
+    monkeypatch.setattr(index_module, "measure_recall", must_not_rebuild)
+    tagged = built.update_metadata({"3": {"tags": "red"}})
+    redrawn = tagged.redraw_map("pca")
+    assert tagged.item("3")["tags"] == "red" and redrawn.manifest["map"]["method"] == "pca"
+    assert redrawn.manifest["recall"] == recall
+    query = vectors[5]
+    assert redrawn.search(query, 5)[1].tolist() == built.search(query, 5)[1].tolist()
+    assert faiss.downcast_index(redrawn.ann).hnsw.efSearch == 64  # reloaded with its settings

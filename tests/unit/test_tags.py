@@ -251,7 +251,7 @@ def colour_check(model_dir, count: int = 40) -> tuple[float, float]:
 
 
 def test_zero_shot_colour_tags_on_shapes_beat_chance():
-    """The shipped tiny model must exist: this check is part of CI, never skipped."""
+    """The shipped Shapes model must exist: this check is part of CI, never skipped."""
     from retrieval.config import SHAPES_MODEL_DIR
 
     assert SHAPES_MODEL_DIR.is_dir(), f"{SHAPES_MODEL_DIR} is missing: the Shapes model must ship"
