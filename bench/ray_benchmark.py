@@ -8,7 +8,7 @@ share the cores). Ray runs on a one-node Ray started once by the engine (start r
 each run starts its actors (process, imports, model), so a run is reported end to end and in its
 steady state, from the first batch back at the driver to the last.
 
-    python -m bench.ray_benchmark --model precomputed/shapes-clip-tiny   # 2,000 images, temp folder
+    python -m bench.ray_benchmark --images 10000     # the shipped Shapes CLIP, temp folder
     python -m bench.ray_benchmark --images 2000 --no-write                # print only
 """
 
@@ -223,8 +223,8 @@ def body(args, figures: dict) -> str:
     bottleneck = "decoding" if decode > forward else "the model forward"
     return f"""
 {args.images} rendered Shapes PNGs (64 px), {display_spec(args.model)} on PyTorch, CPU, batch size
-{figures["batch"]}. This machine has {os.cpu_count()} cores, shared with a training job and other
-work (load average 1/5/15 min: {figures["load_start"]} before, {figures["load_end"]} after): read
+{figures["batch"]}. This machine has {os.cpu_count()} cores, which other jobs may share
+(load average 1/5/15 min: {figures["load_start"]} before, {figures["load_end"]} after): read
 the ratios measured within this run. In-process: `embed_files` with {figures["workers"]} DataLoader
 workers and {figures["threads"]} torch threads, run before and after the Ray runs (ratios use the
 mean, {reference:.0f} img/s). Ray: `embed_with_actors` on a one-node Ray the engine started
@@ -237,8 +237,8 @@ embedded and failed.
 Target Ray >= 0.85 x in-process: **{"met" if steady >= 0.85 else "not met"} in the steady state**
 ({steady:.2f}), **{"met" if end_to_end >= 0.85 else "not met"} end to end** ({end_to_end:.2f}) for
 {args.images} images. Each run first starts its actors ({two["first"]:.1f} s to the first batch
-here: a Python process per actor imports torch and open_clip and loads the model, slowly under this
-load); at the steady rate that fixed cost falls under 15 % of a run from about
+here: a Python process per actor imports torch and open_clip and loads the model, slower the busier
+the machine); at the steady rate that fixed cost falls under 15 % of a run from about
 {break_even:,.0f} images on.{" Here the in-process engine finished first." if end_to_end < 1 else ""}
 {SHARED_FORWARD if steady > 1 else ""}
 

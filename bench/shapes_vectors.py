@@ -1,5 +1,5 @@
 """Real embeddings for the ANN benchmark: freshly rendered random Shapes scenes embedded by the
-shipped tiny CLIP (128-d), cached in chunks under runs/ann-cache/ so a run can stop and resume.
+shipped Shapes CLIP (128-d), cached in chunks under runs/ann-cache/ so a run can stop and resume.
 
 Each chunk is a fixed random stream (seed, chunk number): the same count always gives the same
 vectors, and a chunk is written whole (temporary file + rename) or not at all. Every chunk
@@ -7,6 +7,8 @@ records the wall and CPU seconds it took, so the cost of a million can be stated
 
     python -m bench.shapes_vectors --count 200000            # background job, resumable
     python -m bench.shapes_vectors --count 200 --seed 1      # held-out queries
+    python -m bench.shapes_vectors --count 1000000 --shard 0/2 &  # one process per core
+    python -m bench.shapes_vectors --count 1000000 --shard 1/2
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import numpy as np
 import torch
 
 from retrieval.backbone import load_backbone
+from retrieval.config import SHAPES_MODEL_DIR
 from retrieval.shapes.world import random_scene, render
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "precomputed/shapes-clip-tiny"
-CACHE = ROOT / "runs/ann-cache/shapes-clip-tiny"
+MODEL = SHAPES_MODEL_DIR  # the shipped Shapes CLIP (128-d)
+CACHE = ROOT / "runs/ann-cache" / MODEL.name  # another model: other vectors, another folder
 CHUNK = 10_000
 BATCH = 250
 
@@ -68,21 +71,34 @@ def chunk_sizes(count: int) -> list[int]:
     return [min(CHUNK, count - start) for start in range(0, count, CHUNK)]
 
 
+def _cached(path: Path, size: int) -> bool:
+    return path.is_file() and len(np.load(path, mmap_mode="r")) >= size
+
+
+def embed_shard(count: int, seed: int, shard: int, shards: int, cache: Path = CACHE) -> None:
+    """Embed the missing chunks numbered shard, shard + shards, ...: `shards` processes, one per
+    core, fill one cache between them without ever writing the same chunk."""
+    cache.mkdir(parents=True, exist_ok=True)
+    backbone = None
+    for chunk, size in enumerate(chunk_sizes(count)):
+        path = chunk_path(cache, seed, chunk)
+        if chunk % shards != shard or _cached(path, size):
+            continue
+        backbone = backbone or load_backbone(str(MODEL), device="cpu")
+        write_chunk(cache, seed, chunk, size, backbone)
+
+
 def shapes_vectors(
     count: int, seed: int = 0, cache: Path = CACHE, embed: bool = True
 ) -> np.ndarray:
     """The first `count` embeddings of stream `seed`, embedding the chunks not cached yet
     (`embed=False`: refuse instead, so a benchmark never starts a long job by surprise)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    backbone = None
+    if embed:
+        embed_shard(count, seed, 0, 1, cache)
     for chunk, size in enumerate(chunk_sizes(count)):
         path = chunk_path(cache, seed, chunk)
-        if path.is_file() and len(np.load(path, mmap_mode="r")) >= size:
-            continue
-        if not embed:
+        if not _cached(path, size):
             raise FileNotFoundError(f"{path} is missing: run python -m bench.shapes_vectors first")
-        backbone = backbone or load_backbone(str(MODEL), device="cpu")
-        write_chunk(cache, seed, chunk, size, backbone)
     parts = [
         np.load(chunk_path(cache, seed, chunk))[:size]
         for chunk, size in enumerate(chunk_sizes(count))
@@ -107,8 +123,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0, help="0: the collection; 1: queries")
+    parser.add_argument(
+        "--shard", default="0/1", help="I/N: this process embeds chunks I, I+N, ..."
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    if shards > 1:
+        embed_shard(args.count, args.seed, shard, shards)
+        return
     vectors = shapes_vectors(args.count, args.seed)
     print(vectors.shape, measured_rate())
 

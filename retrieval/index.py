@@ -53,7 +53,7 @@ KEEP_VERSIONS = 2
 MILVUS_MANIFEST = "milvus.json"  # a folder holding it is a collection living in Milvus
 
 # `auto` keeps exact search up to this many items. A flat query costs ~N*512 multiply-adds: at
-# 200k x 512 one BLAS product takes ~100 ms (BENCHMARKS.md, "Flat vs HNSW vs IVF-PQ"), well
+# 200k x 512 about 35 ms of one core (BENCHMARKS.md, "ann-scale-clip-like": 16.8 ms at 100k), well
 # under the ~500 ms text-encoder forward ("Text query latency"), and it is exact. Above it HNSW.
 FLAT_MAX_ITEMS = 200_000
 # HNSW graph quality: M=16/efConstruction=40 gave recall@10 0.45-0.78 at 100k x 512-d; M=32 /
@@ -62,11 +62,13 @@ HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 64}
 # IVF-PQ's 8-bit codes blur the ranking: the top `rerank` candidates are re-scored exactly on
 # vectors.npy (0.45-0.6 recall@10 without, 0.91-0.93 with the top 100; issue #17).
 IVF_DEFAULTS = {"nprobe": 16, "rerank": 100}
-# nlist grows as 4 sqrt(N), so a fixed nprobe searches an ever smaller share of a growing
-# collection and recall falls; the default probes 1/IVF_PROBE_SHARE of the lists (16 at least).
-IVF_PROBE_SHARE = 16
 MAX_SEARCH_EFFORT = 4096  # per-query ef_search / nprobe: beyond this flat search is cheaper
 RECALL_QUERIES, RECALL_K = 200, 10
+# The effort a build starts from (ef_search 64, nprobe 16) is enough for data like the Shapes
+# embeddings at 1M, not for more varied data: there IVF-Flat at nprobe 16 keeps 0.81 of recall@10
+# (BENCHMARKS.md, "ann-scale-*"). So a build doubles the effort until its own measured recall
+# reaches this target, unless index_params fix it.
+RECALL_TARGET = 0.95
 
 
 def choose_index_type(requested: str, count: int, flat_max_items: int = FLAT_MAX_ITEMS) -> str:
@@ -138,11 +140,6 @@ def default_nlist(count: int) -> int:
     return max(1, min(4096, int(4 * np.sqrt(count))))
 
 
-def default_nprobe(nlist: int) -> int:
-    """Lists an IVF search probes unless told: a fixed share of them, so recall holds as nlist grows."""
-    return max(IVF_DEFAULTS["nprobe"], nlist // IVF_PROBE_SHARE)
-
-
 def _trained_ivf(vectors: np.ndarray, index_type: str, nlist: int, params: dict) -> faiss.Index:
     """IVF-Flat keeps each vector whole in its list; IVF-PQ keeps 8-bit codes of m sub-vectors."""
     dim = vectors.shape[1]
@@ -166,14 +163,15 @@ def _pq_subquantizers(dim: int) -> int:
     return next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 2)
 
 
-def search_settings(index_type: str, params: dict, count: int = 0) -> dict:
-    """How an index of `count` items searches by default (recorded with its measured recall):
-    IVF probes a share of its lists (IVF-Flat's lists hold the exact vectors: no re-ranking)."""
+def search_settings(index_type: str, params: dict, tuned: dict | None = None) -> dict:
+    """How an index searches unless a query says otherwise: `params` (index_params) first, then
+    what the build `tuned`, then the defaults. IVF-Flat's lists hold the exact vectors, so only
+    IVF-PQ re-ranks."""
+    params = {**(tuned or {}), **params}
     if index_type == "hnsw":
         return {"ef_search": params.get("ef_search", HNSW_DEFAULTS["ef_search"])}
     if index_type in ("ivfflat", "ivfpq"):
-        nlist = params.get("nlist") or default_nlist(count)
-        settings = {"nprobe": params.get("nprobe") or default_nprobe(nlist)}
+        settings = {"nprobe": params.get("nprobe", IVF_DEFAULTS["nprobe"])}
         if index_type == "ivfpq":
             settings["rerank"] = params.get("rerank", IVF_DEFAULTS["rerank"])
         return settings
@@ -258,8 +256,8 @@ class Index:
 
     @staticmethod
     def settings_of(manifest: dict) -> dict:
-        params = manifest.get("index_params", {})
-        return search_settings(manifest.get("index_type", "flat"), params, manifest.get("count", 0))
+        index_type, params = manifest.get("index_type", "flat"), manifest.get("index_params", {})
+        return search_settings(index_type, params, manifest.get("tuned_search"))
 
     def effort_notes(self, effort: SearchEffort, filtered: bool = False) -> list[str]:
         """Why a given ef_search / nprobe did not apply to this search."""
@@ -519,8 +517,9 @@ def write_version(
     if same_ann is not None and "recall" in manifest:
         ann = same_ann
     else:
+        manifest.pop("tuned_search", None)
         ann = _new_ann(vectors, manifest) if len(items) else None
-        manifest["recall"] = measure_recall(Index(directory, manifest, items, vectors, ann))
+        manifest["recall"] = tune_search(Index(directory, manifest, items, vectors, ann))
     with _write_lock(directory):
         name = f"v{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         staging = directory / "versions" / f".{name}.tmp"
@@ -552,16 +551,44 @@ def _new_ann(vectors: np.ndarray, manifest: dict) -> faiss.Index | None:
     return ann
 
 
-def measure_recall(index: Index, queries: int = RECALL_QUERIES, k: int = RECALL_K) -> dict:
+def tune_search(index: Index, target: float = RECALL_TARGET) -> dict:
+    """Double ef_search / nprobe from where it starts until the index's measured recall reaches
+    `target` (or the effort stops growing: every IVF list, MAX_SEARCH_EFFORT); the effort found
+    goes into the manifest's `tuned_search` and the ANN structure. Returns the last measurement.
+    Effort that index_params fix is measured as it is."""
+    knob = {"hnsw": "ef_search", "ivfflat": "nprobe", "ivfpq": "nprobe"}.get(
+        index.manifest.get("index_type", "flat")
+    )
+    if index.ann is None or len(index) < 2:
+        return measure_recall(index)
+    truth = _recall_truth(index)
+    recall = measure_recall(index, truth=truth)
+    if knob in index.manifest.get("index_params", {}):
+        return recall
+    limit = faiss.extract_index_ivf(index.ann).nlist if knob == "nprobe" else MAX_SEARCH_EFFORT
+    while recall["value"] < target and recall["search"][knob] < limit:
+        index.manifest["tuned_search"] = {knob: min(limit, 2 * recall["search"][knob])}
+        _set_search_params(index.ann, Index.settings_of(index.manifest))
+        recall = measure_recall(index, truth=truth)
+    return recall
+
+
+def _recall_truth(index: Index, queries: int = RECALL_QUERIES, k: int = RECALL_K):
+    """(sampled positions, their exact k+1 neighbours): the ground truth of measure_recall."""
+    sample = np.random.default_rng(0).permutation(len(index))[:queries]
+    vectors = np.ascontiguousarray(index.vectors[sample], np.float32)
+    return sample, exact_search(vectors, index.vectors, min(k, len(index) - 1) + 1)[1]
+
+
+def measure_recall(index: Index, k: int = RECALL_K, truth: tuple | None = None) -> dict:
     """recall@k of the index's own search for a sample of its items (each query's own item left
     out) against exact search on the vectors, with the search settings used. Flat is exact."""
     settings = Index.settings_of(index.manifest)
     k = min(k, len(index) - 1)
     if index.ann is None or k < 1:
         return {"k": k, "value": 1.0, "queries": 0, "search": settings, "exact": True}
-    sample = np.random.default_rng(0).permutation(len(index))[:queries]
+    sample, truth = truth or _recall_truth(index, k=k)
     vectors = np.ascontiguousarray(index.vectors[sample], np.float32)
-    _, truth = exact_search(vectors, index.vectors, k + 1)
     _, found = index.search(vectors, k + 1)
     hits = [
         len(_others(t, own, k) & _others(f, own, k))

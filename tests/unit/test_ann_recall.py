@@ -110,7 +110,8 @@ def test_per_query_effort_reaches_faiss_without_touching_the_shared_index(tmp_pa
     low, high = (recall(hnsw, queries, SearchEffort(ef_search=e)) for e in (10, 400))
     assert high > low and high >= 0.95
     assert faiss.downcast_index(hnsw.ann).hnsw.efSearch == 10
-    ivf = written(tmp_path, vectors, "ivf", index_type="ivfpq", index_params={"nlist": 64})
+    fixed = {"nlist": 64, "nprobe": 16}  # fixed effort: the build does not tune it
+    ivf = written(tmp_path, vectors, "ivf", index_type="ivfpq", index_params=fixed)
     few, many = (recall(ivf, queries, SearchEffort(nprobe=p)) for p in (1, 64))
     assert many > few + 0.2
     assert faiss.extract_index_ivf(ivf.ann).nprobe == 16

@@ -1,12 +1,16 @@
 """ANN defaults that keep recall as a collection grows (issue #17, part 2): IVF-Flat as an index
-type, an nprobe that grows with nlist, what the manifest records, and the benchmark data's
+type, nlist that grows with the collection, a search effort that each build raises until its own
+measured recall reaches the target, what the manifest records, and the benchmark data's
 statistics (a generator and an estimator that the benchmark's claims rest on)."""
+
+from dataclasses import replace
 
 import faiss
 import numpy as np
 import pytest
 
 from bench.clip_like_vectors import (
+    DIVERSE,
     ClipLike,
     clip_like_vectors,
     local_intrinsic_dimension,
@@ -14,12 +18,12 @@ from bench.clip_like_vectors import (
 )
 from retrieval.errors import BadInput
 from retrieval.index import (
+    RECALL_TARGET,
     Index,
     SearchEffort,
     build_faiss,
     choose_index_type,
     default_nlist,
-    default_nprobe,
     exact_search,
     search_settings,
     write_version,
@@ -52,16 +56,20 @@ def collection():
     return clip_like_vectors(3000, seed=0, spec=SPEC), clip_like_vectors(100, seed=1, spec=SPEC)
 
 
-def test_nprobe_grows_with_nlist_so_big_indexes_probe_the_same_share():
-    assert [default_nprobe(n) for n in (8, 64, 1024, 4096)] == [16, 16, 64, 256]
+@pytest.fixture(scope="module")
+def varied():
+    """3,000 items and 100 queries of the benchmark's DIVERSE stress case: neighbours far apart,
+    where 16 probes of 219 lists miss too many of them."""
+    spec = replace(DIVERSE, dim=DIM)
+    return clip_like_vectors(3000, seed=0, spec=spec), clip_like_vectors(100, seed=1, spec=spec)
+
+
+def test_nlist_grows_with_the_collection_and_nprobe_starts_at_16():
     assert [default_nlist(n) for n in (0, 3000, 1_000_000, 10**8)] == [1, 219, 4000, 4096]
-    assert search_settings("ivfpq", {}, 1_000_000) == {"nprobe": 250, "rerank": 100}
-    assert search_settings("ivfflat", {}, 100_000) == {"nprobe": 79}  # nlist 1264
-    assert search_settings("ivfflat", {"nlist": 2048}, 10) == {"nprobe": 128}
-    assert search_settings("ivfpq", {"nlist": 2048, "nprobe": 7, "rerank": 0}, 10) == {
-        "nprobe": 7,
-        "rerank": 0,
-    }
+    assert search_settings("ivfflat", {}) == {"nprobe": 16}  # exact lists: nothing to re-rank
+    assert search_settings("ivfflat", {"nlist": 4096}) == {"nprobe": 16}
+    assert search_settings("ivfpq", {"nlist": 4096}) == {"nprobe": 16, "rerank": 100}
+    assert search_settings("ivfpq", {"nprobe": 7, "rerank": 0}) == {"nprobe": 7, "rerank": 0}
 
 
 def test_ivfflat_is_an_index_type_with_exact_scores_in_its_lists(collection):
@@ -95,13 +103,63 @@ def test_an_ivfflat_collection_records_its_recall_and_takes_per_query_nprobe(tmp
     ]
 
 
-def test_a_large_nlist_gets_its_share_of_probes_when_loaded(tmp_path, collection):
+def test_a_loaded_ivfflat_index_probes_what_its_manifest_records(tmp_path, collection):
     vectors, _ = collection
-    index = written(tmp_path, vectors, index_type="ivfpq", index_params={"nlist": 512})
-    assert faiss.extract_index_ivf(Index.load(index.directory).ann).nprobe == 32
-    assert index.manifest["recall"]["search"] == {"nprobe": 32, "rerank": 100}
+    params = {"nlist": 512, "nprobe": 40}
+    index = written(tmp_path, vectors, index_type="ivfflat", index_params=params)
+    assert faiss.extract_index_ivf(Index.load(index.directory).ann).nprobe == 40
+    assert index.manifest["recall"]["search"] == {"nprobe": 40}
     hnsw = written(tmp_path, vectors[:300], "hnsw", index_type="hnsw")
     assert "it tunes ivfflat / ivfpq indexes" in hnsw.effort_notes(SearchEffort(nprobe=4))[0]
+
+
+@pytest.mark.parametrize("index_type", ["ivfflat", "ivfpq"])
+def test_a_build_probes_more_lists_until_its_own_recall_reaches_the_target(
+    tmp_path, varied, index_type
+):
+    vectors, queries = varied
+    index = written(tmp_path, vectors, index_type=index_type)
+    assert recall(index, queries, SearchEffort(nprobe=16)) < RECALL_TARGET  # 16 is not enough here
+    tuned = index.manifest["tuned_search"]["nprobe"]
+    assert tuned > 16 and index.manifest["recall"]["value"] >= RECALL_TARGET
+    assert index.manifest["recall"]["search"]["nprobe"] == tuned
+    loaded = Index.load(index.directory)
+    assert faiss.extract_index_ivf(loaded.ann).nprobe == tuned
+    assert recall(loaded, queries) >= 0.9  # held-out queries, not the build's own sample
+
+
+def test_a_sparse_hnsw_graph_gets_a_larger_ef_search(tmp_path, varied):
+    vectors, queries = varied
+    index = written(
+        tmp_path, vectors, index_type="hnsw", index_params={"m": 4, "ef_construction": 8}
+    )
+    tuned = index.manifest["tuned_search"]["ef_search"]
+    assert tuned > 64 and index.manifest["recall"]["value"] >= RECALL_TARGET
+    assert Index.load(index.directory).ann.hnsw.efSearch == tuned
+    assert recall(index, queries) > recall(index, queries, SearchEffort(ef_search=64))
+
+
+def test_effort_that_index_params_fix_is_measured_and_kept(tmp_path, varied):
+    vectors, _ = varied
+    index = written(tmp_path, vectors, index_type="ivfflat", index_params={"nprobe": 4})
+    assert "tuned_search" not in index.manifest
+    assert index.manifest["recall"]["search"] == {"nprobe": 4}
+    assert index.manifest["recall"]["value"] < RECALL_TARGET  # reported, not hidden
+
+
+def test_a_rebuild_tunes_afresh_and_a_metadata_rewrite_keeps_the_tuning(
+    tmp_path, varied, collection
+):
+    hard = written(tmp_path, varied[0], index_type="ivfflat")
+    easy = written(tmp_path, collection[0], "easy", **{**hard.manifest, "dim": DIM})
+    assert "tuned_search" not in easy.manifest  # 16 probes suffice for these vectors
+    assert easy.manifest["recall"]["search"] == {"nprobe": 16}
+    items = [{**item, "title": "renamed"} for item in hard.items]
+    again = write_version(
+        hard.directory, hard.manifest, items, hard.vectors, hard.layout, same_ann=hard.ann
+    )
+    assert again.manifest["tuned_search"] == hard.manifest["tuned_search"]
+    assert faiss.extract_index_ivf(again.ann).nprobe == hard.manifest["tuned_search"]["nprobe"]
 
 
 def test_the_generator_draws_queries_from_the_collection_s_distribution(collection):
