@@ -23,6 +23,7 @@ from retrieval.config import DEFAULTS, Settings
 from retrieval.errors import IndexMismatch, RetrievalError
 from retrieval.hub import NotCached, fetch, is_hub_location
 from retrieval.index import Index
+from retrieval.stores import in_milvus, open_index
 from retrieval.tags import load_vocabulary
 
 FAULT, WARNING = "fault", "warning"
@@ -118,8 +119,11 @@ def check_collection(spec: CollectionSpec, settings: Settings) -> tuple[list[Fin
 
     try:
         index_dir = resolve_index(spec.index)
-        check_files(index_dir, spec.index)
-        index = load_index(index_dir, spec.index)
+        if in_milvus(index_dir):
+            index = open_milvus(index_dir, spec.index, settings)
+        else:
+            check_files(index_dir, spec.index)
+            index = load_index(index_dir, spec.index)
         backbone = load_model(spec, index, settings)
         check_model(index, backbone, spec)
     except Problem as problem:
@@ -178,7 +182,10 @@ def check_files(index_dir: Path, location: str) -> None:
         problem = f"{version}/manifest.json is not valid JSON ({error})"
         raise Problem(problem, _refetch(location)) from error
     ann = [] if manifest.get("index_type", "flat") == "flat" else [version / "index.faiss"]
-    _require(_absent(index_dir, ann) + _missing_thumbs(index_dir, version), location)
+    _require(
+        _absent(index_dir, ann) + _missing_thumbs(index_dir, _version_thumbs(index_dir, version)),
+        location,
+    )
     _check_vectors(index_dir / version, manifest, location)
 
 
@@ -194,9 +201,12 @@ def _require(missing: list[str], location: str) -> None:
         raise Problem(f"{len(missing)} files of the index are missing: {shown}", _refetch(location))
 
 
-def _missing_thumbs(index_dir: Path, version: Path) -> list[str]:
+def _version_thumbs(index_dir: Path, version: Path) -> list[str | None]:
     with open(index_dir / version / "items.jsonl", encoding="utf-8") as handle:
-        thumbs = [json.loads(line).get("thumb") for line in handle if line.strip()]
+        return [json.loads(line).get("thumb") for line in handle if line.strip()]
+
+
+def _missing_thumbs(index_dir: Path, thumbs: list[str | None]) -> list[str]:
     return [
         f"thumbs/{name}"
         for name in thumbs
@@ -233,6 +243,21 @@ def _refetch(location: str) -> str:
             "missing on the Hub too, publish the index again"
         )
     return "rebuild it (`python -m retrieval index FOLDER --out PATH --model SPEC`)"
+
+
+def open_milvus(index_dir: Path, location: str, settings: Settings) -> Index:
+    """A collection living in Milvus: reachable, holding what the folder recorded, with every
+    item's thumbnail in the folder (the app shows them)."""
+    try:
+        index = open_index(index_dir, milvus_uri=settings.milvus_uri)
+    except (RetrievalError, OSError, ValueError) as error:
+        raise Problem(
+            f"the Milvus collection of {location} cannot be opened: {error}",
+            "start the Milvus it names (or set SR_MILVUS_URI to where it runs), or rebuild it "
+            "(`python -m retrieval index FOLDER --out PATH --model SPEC --backend milvus`)",
+        ) from error
+    _require(_missing_thumbs(index_dir, [item.get("thumb") for item in index.items]), location)
+    return index
 
 
 def load_model(spec: CollectionSpec, index: Index, settings: Settings) -> Backbone:

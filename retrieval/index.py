@@ -289,6 +289,13 @@ class Index:
     @classmethod
     def _load_current(cls, directory: Path, backbone: Backbone | None) -> Index:
         current = directory / "CURRENT"
+        if not current.is_file() and (directory / MILVUS_MANIFEST).is_file():
+            raise BadInput(
+                f"{directory} is a collection living in Milvus ({MILVUS_MANIFEST}), and this reads "
+                "local indexes only: search, info, update and the app serve it; for the map, "
+                "near-duplicates and publishing build a local index of the same folder "
+                "(`python -m retrieval index FOLDER --out PATH`, without --backend milvus)"
+            )
         if not current.is_file():
             raise NotFound(f"{directory} is not an index (no CURRENT file); build one with `index`")
         version = current.read_text().strip()

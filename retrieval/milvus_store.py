@@ -498,6 +498,13 @@ class MilvusIndex(Index):
     def redraw_map(self, method: str) -> Index:
         raise BadInput(f"{self.label} has no collection map: maps are drawn for local indexes")
 
+    def version_dir(self) -> Path:
+        """Where local files of a version live (duplicate signatures, a published card): none."""
+        raise BadInput(
+            f"{self.label} keeps no local version: near-duplicate groups and publishing need a "
+            "local index of the same folder (`python -m retrieval index FOLDER --out PATH`)"
+        )
+
 
 def read_manifest(directory: Path) -> dict:
     manifest = json.loads((Path(directory) / MILVUS_MANIFEST).read_text())

@@ -19,7 +19,8 @@ from retrieval.backbone import load_backbone, new_model, save_backbone
 from retrieval.catalog import Catalog, CollectionSpec
 from retrieval.cli.main import main
 from retrieval.config import SHAPES_INDEX_DIR, Settings
-from retrieval.errors import IndexMismatch, NotFound
+from retrieval.doctor import diagnose
+from retrieval.errors import BadInput, IndexMismatch, NotFound
 from retrieval.index import MILVUS_MANIFEST, Index, build_index
 from retrieval.milvus_store import (
     MilvusFailure,
@@ -283,6 +284,44 @@ def test_a_folder_whose_collection_is_gone_says_where_it_looked(pair, tmp_path, 
     elsewhere = str(tmp_path / "empty" / "milvus.db")
     with pytest.raises(NotFound, match="'shared', which Milvus at .*empty/milvus.db does not hold"):
         open_index(milvus.directory, micro_backbone, milvus_uri=elsewhere)
+
+
+def test_doctor_checks_a_milvus_collection_and_names_one_it_cannot_reach(
+    pair, micro_model_dir, tmp_path
+):
+    milvus, _ = pair
+    entries = [
+        {"name": name, "title": name, "index": str(milvus.directory), "model": str(micro_model_dir)}
+        for name in ("served", "moved")
+    ]
+    (tmp_path / "collections.json").write_text(json.dumps({"collections": entries[:1]}))
+    served = Settings(cache_dir=str(tmp_path), milvus_uri=milvus.store.uri)
+    report = diagnose(served, tmp_path / "collections.json")
+    assert not report.findings and report.healthy["served"].startswith("8 items"), report.text()
+
+    elsewhere = Settings(cache_dir=str(tmp_path), milvus_uri=str(tmp_path / "none" / "milvus.db"))
+    (tmp_path / "collections.json").write_text(json.dumps({"collections": entries[1:]}))
+    (fault,) = diagnose(elsewhere, tmp_path / "collections.json").faults
+    assert "the Milvus collection of" in fault.problem and "'shared'" in fault.problem
+    assert "SR_MILVUS_URI" in fault.fix
+
+
+def test_commands_for_local_indexes_say_so_on_a_milvus_folder(pair, capsys):
+    milvus, _ = pair
+    assert main(["duplicates", str(milvus.directory)]) == 1
+    assert "living in Milvus (milvus.json)" in capsys.readouterr().err
+    with pytest.raises(BadInput, match="without --backend milvus"):
+        Index.load(milvus.directory)
+
+
+def test_the_api_refuses_duplicates_of_a_milvus_collection_and_keeps_serving(pair, lite):
+    milvus, _ = pair
+    spec = CollectionSpec(name="milvus", title="m", index=str(milvus.directory))
+    client = TestClient(create_api(Catalog([spec], lite), lite))
+    refused = client.get("/api/collections/milvus/duplicates")
+    assert refused.status_code == 400
+    assert "keeps no local version: near-duplicate groups" in refused.json()["message"]
+    assert client.get("/api/collections/milvus/search/text", params={"q": "a circle"}).is_success
 
 
 def test_tags_stored_later_are_filterable_in_milvus(tmp_path, micro_backbone, lite):
