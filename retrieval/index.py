@@ -568,6 +568,7 @@ def tune_search(index: Index, target: float = RECALL_TARGET) -> dict:
     )
     if index.ann is None or len(index) < 2:
         return measure_recall(index)
+    _set_search_params(index.ann, Index.settings_of(index.manifest))  # a read structure may differ
     truth = _recall_truth(index)
     recall = measure_recall(index, truth=truth)
     if knob in index.manifest.get("index_params", {}):

@@ -26,6 +26,7 @@ from retrieval.index import (
     default_nlist,
     exact_search,
     search_settings,
+    tune_search,
     write_version,
 )
 
@@ -160,6 +161,19 @@ def test_a_rebuild_tunes_afresh_and_a_metadata_rewrite_keeps_the_tuning(
     )
     assert again.manifest["tuned_search"] == hard.manifest["tuned_search"]
     assert faiss.extract_index_ivf(again.ann).nprobe == hard.manifest["tuned_search"]["nprobe"]
+
+
+def test_tuning_starts_from_the_manifest_s_effort_not_the_structure_s(tmp_path, collection):
+    """A structure read back from disk probes what faiss stored (1 list unless set): tuning it
+    must measure from 16 probes, or it would pick more than a build does."""
+    easy = written(tmp_path, collection[0], index_type="ivfflat")
+    assert "tuned_search" not in easy.manifest  # 16 probes suffice for these vectors
+    manifest = {key: value for key, value in easy.manifest.items() if key != "recall"}
+    fresh = build_faiss(easy.vectors, "ivfflat", {})
+    fresh.nprobe = 1
+    reread = Index(easy.directory, manifest, easy.items, easy.vectors, fresh)
+    assert tune_search(reread)["search"] == {"nprobe": 16}
+    assert "tuned_search" not in reread.manifest and fresh.nprobe == 16
 
 
 def test_the_generator_draws_queries_from_the_collection_s_distribution(collection):
