@@ -62,6 +62,8 @@ HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 64}
 # IVF-PQ's 8-bit codes blur the ranking: the top `rerank` candidates are re-scored exactly on
 # vectors.npy (0.45-0.6 recall@10 without, 0.91-0.93 with the top 100; issue #17).
 IVF_DEFAULTS = {"nprobe": 16, "rerank": 100}
+# the per-query effort knob each ANN index type has (flat has none)
+EFFORT_KNOB = {"hnsw": "ef_search", "ivfflat": "nprobe", "ivfpq": "nprobe"}
 MAX_SEARCH_EFFORT = 4096  # per-query ef_search / nprobe: beyond this flat search is cheaper
 RECALL_QUERIES, RECALL_K = 200, 10
 # The effort a build starts from (ef_search 64, nprobe 16) is enough for data like the Shapes
@@ -262,15 +264,15 @@ class Index:
     def effort_notes(self, effort: SearchEffort, filtered: bool = False) -> list[str]:
         """Why a given ef_search / nprobe did not apply to this search."""
         index_type = self.manifest.get("index_type", "flat")
-        tunes = {"ef_search": "hnsw", "nprobe": "ivfflat / ivfpq"}
         notes = []
         for name in effort.given():
             if filtered and self.ann is not None:
                 notes.append(f"{name} was ignored: filtered searches are exact")
-            elif index_type not in tunes[name].split(" / "):
+            elif EFFORT_KNOB.get(index_type) != name:
+                tuned = " / ".join(kind for kind, knob in EFFORT_KNOB.items() if knob == name)
                 exact = " (exact search)" if index_type == "flat" else ""
                 notes.append(
-                    f"{name} was ignored: it tunes {tunes[name]} indexes and this collection's "
+                    f"{name} was ignored: it tunes {tuned} indexes and this collection's "
                     f"index is {index_type}{exact}"
                 )
         return notes
@@ -563,9 +565,7 @@ def tune_search(index: Index, target: float = RECALL_TARGET) -> dict:
     `target` (or the effort stops growing: every IVF list, MAX_SEARCH_EFFORT); the effort found
     goes into the manifest's `tuned_search` and the ANN structure. Returns the last measurement.
     Effort that index_params fix is measured as it is."""
-    knob = {"hnsw": "ef_search", "ivfflat": "nprobe", "ivfpq": "nprobe"}.get(
-        index.manifest.get("index_type", "flat")
-    )
+    knob = EFFORT_KNOB.get(index.manifest.get("index_type", "flat"))
     if index.ann is None or len(index) < 2:
         return measure_recall(index)
     _set_search_params(index.ann, Index.settings_of(index.manifest))  # a read structure may differ
