@@ -1,4 +1,4 @@
-"""NoisyArt protocol on a Shapes-world analogue, before and after fine-tuning the tiny CLIP.
+"""NoisyArt protocol on a Shapes-world analogue, before and after fine-tuning the shipped Shapes CLIP.
 
 Classes are Shapes scenes (title "red circle, blue star", description = the canonical scene
 description), in groups of near-duplicates (a scene and single-edit variants of it, like versions
@@ -283,7 +283,7 @@ All numbers in percent. Fine-tuning: contrastive image/class-text (title or desc
 train split, batch {args.batch_size} distinct classes, lr {args.lr}, model selection by val mAP.
 {chr(10).join(training_lines)}
 
-Gain over the tiny CLIP:
+Gain over the shipped Shapes CLIP:
 {chr(10).join(gains)}
 
 The ResNet-50 row uses {
@@ -337,7 +337,7 @@ def main() -> None:
         trainings[f"last {args.last_blocks} blocks"] = finetune_run(
             Path(args.model), data, runs_dir / "last-blocks", args, args.last_blocks
         )
-    specs = [("tiny CLIP (before)", args.model), (f"ResNet-50 ({args.resnet})", args.resnet)]
+    specs = [("Shapes CLIP (before)", args.model), (f"ResNet-50 ({args.resnet})", args.resnet)]
     specs += [(f"fine-tuned ({name})", info["model_dir"]) for name, info in trainings.items()]
     runs = evaluate_all(specs, data, args.device, options)
     args.data, args.model = _shown(args.data), _shown(args.model)

@@ -336,7 +336,7 @@ def report(results: dict) -> str:
         )
     if "quality" in results:
         sections.append(
-            "### Quality on the Shapes test split (shipped ShapesCLIP-Tiny and Combiner)\n\n"
+            "### Quality on the Shapes test split (shipped Shapes CLIP and Combiner)\n\n"
             "Text -> image with each scene's description over the test gallery; composed R@1 of the "
             "shipped Combiner (CIRR protocol). Target: onnx-int8 within 1 point of torch.\n\n"
             + markdown_table(

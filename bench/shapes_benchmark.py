@@ -1,4 +1,4 @@
-"""Shapes world benchmark: how well the shipped ShapesCLIP-Tiny retrieves held-out test scenes.
+"""Shapes world benchmark: how well the shipped Shapes CLIP retrieves held-out test scenes.
 
     python bench/shapes_benchmark.py [--model precomputed/shapes-clip-small] [--data precomputed/shapes]
 

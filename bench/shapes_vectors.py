@@ -14,6 +14,7 @@ records the wall and CPU seconds it took, so the cost of a million can be stated
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -28,7 +29,18 @@ from retrieval.shapes.world import random_scene, render
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = SHAPES_MODEL_DIR  # the shipped Shapes CLIP (128-d)
-CACHE = ROOT / "runs/ann-cache" / MODEL.name  # another model: other vectors, another folder
+
+
+def weights_tag(model_dir: Path) -> str:
+    """The folder name and a hash of its weights: a retrained model under the same name must not
+    read the vectors its predecessor cached."""
+    digest = hashlib.sha1()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return f"{model_dir.name}-{digest.hexdigest()[:10]}"
+
+
+CACHE = ROOT / "runs/ann-cache" / weights_tag(MODEL)
 CHUNK = 10_000
 BATCH = 250
 

@@ -62,7 +62,7 @@ class DuplicateThresholds:
 
 
 # python -m bench.duplicates_benchmark (the val split; see BENCHMARKS.md "Near-duplicate groups")
-CALIBRATED = DuplicateThresholds(min_cosine=0.5, min_copy_score=0.4)
+CALIBRATED = DuplicateThresholds(min_cosine=0.5, min_copy_score=0.35)
 
 
 def image_signature(image: Image.Image) -> np.ndarray:
@@ -285,10 +285,10 @@ class CopyModel:
 
 
 COPY_MODEL = CopyModel(  # python -m bench.duplicates_benchmark (val split), see BENCHMARKS.md
-    mean=(0.247054, 0.729788, 2.73919, 2.242758, 15.844028, 6.640915, 0.897861),
-    scale=(0.402214, 0.334035, 2.02532, 2.008888, 10.871007, 3.681507, 0.089719),
-    weights=(18.124416, -6.845425, -3.088857, -1.402806, -6.865756, -5.624469, -1.938789),
-    bias=-63.850784,
+    mean=(0.281641, 0.701235, 2.654313, 2.19408, 15.682978, 6.609041, 0.8664),
+    scale=(0.41163, 0.338507, 2.042938, 2.014296, 10.914049, 3.678993, 0.099441),
+    weights=(16.024953, -7.185329, -3.449559, -1.209797, -7.317128, -5.832036, -1.385072),
+    bias=-58.840693,
 )
 
 

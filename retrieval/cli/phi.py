@@ -83,6 +83,13 @@ def add_train_phi_arguments(parser) -> None:
         "--template", default=DEFAULT_TEMPLATE, help="composed-query prompt; $ is the pseudo-word"
     )
     parser.add_argument(
+        "--image-weight",
+        type=float,
+        default=0.0,
+        help="weight of the reference image feature added to the query (0: SEARLE's text-only "
+        "query); pick it on val with `python -m bench.inversion_benchmark --phi OUT`",
+    )
+    parser.add_argument(
         "--word-tokens",
         type=int,
         default=1,
@@ -131,6 +138,7 @@ def run_train_phi(args) -> Path:
         phi.config.training["oti"] = asdict(oti)
     else:
         phi, history = train_phi(backbone, features, cfg, word_tokens=args.word_tokens, **common)
+    phi.config.image_weight = args.image_weight
     out = save_phi(phi, args.out)
     print(f"phi trained on {len(features)} images, final loss {history[-1]:.4f} -> {out}")
     return out

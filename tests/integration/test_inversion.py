@@ -360,12 +360,15 @@ def test_cli_trains_phi_and_searcher_uses_it(micro_model_dir, micro_backbone, tm
         "$ in a museum",
         "--word-tokens",
         "2",
+        "--image-weight",
+        "0.5",
     ]
     assert main(arguments) == 0
     composer = zero_shot_composer(str(tmp_path / "phi"))
     assert composer.phi.config.training["images"] == 12
     assert composer.phi.config.train_prompts == ["a photo of $", "$ in a museum"]
     assert composer.phi.config.word_tokens == 2
+    assert composer.phi.config.image_weight == 0.5  # the recipe's pick reaches the saved query
     searcher = Searcher(index, micro_backbone, composers={"zero-shot": composer})
     reference = index.items[0]["id"]
     result = searcher.composed(reference, "is blue", method="zero-shot", k=5)

@@ -142,9 +142,11 @@ def test_cirr_layout_publishes_with_combiner_phi_card_and_entry(
         assert method in card
     assert "test1: its ground truth is not public" in card and "CIRR test1" not in card
     metrics = record["evaluation"]["tables"][0]["metrics"]
-    baselines = max(metrics[method]["mean"] for method in ("image", "text", "sum"))
-    assert metrics["combiner"]["mean"] > baselines  # as in BENCHMARKS.md: the trained
-    assert metrics["zero-shot"]["mean"] > metrics["image"]["mean"]  # methods read the edit
+    # Combiner vs sum is a few queries either way on these 30 and is measured on the shipped
+    # test split's 1,280 instead (test_shipped_combiner_beats_every_baseline_on_the_shapes_test_split)
+    baselines = max(metrics[method]["mean"] for method in ("image", "text"))
+    assert metrics["combiner"]["mean"] > baselines + 5  # the trained methods read the edit;
+    assert metrics["zero-shot"]["mean"] > metrics["image"]["mean"] + 5  # see the note on sum
     assert (out / "combiner" / "combiner.safetensors").is_file()
     local = json.loads(
         printed.split("To try it here, add to collections.json:\n")[1].split("\n\n")[0]
