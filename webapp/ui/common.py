@@ -72,6 +72,7 @@ def keeping(fn, outputs: int):
         except Exception as error:
             if isinstance(error, gr.Error):
                 title, message = error.title or "Cannot do that", error.message
+                log.info("UI %s: %s", fn.__name__, message)  # which event warned, for the logs
             else:
                 title, message = _explained(fn.__name__, error)
             gr.Warning(message, title=title)
